@@ -1,0 +1,79 @@
+"""Per-sequence summaries of per-residue scores, and the flag rule.
+
+Definitions (../shared/docs/science.md):
+- ``pll`` = Σ logp_masked; ``pppl`` = exp(-mean logp_masked) over real residues;
+- ``pppl_ablated`` uses logp_ablated where a residue has partners and logp_masked elsewhere;
+- ``inflation_i`` = logp_masked - logp_ablated; ``inflation_factor`` = pppl_ablated / pppl,
+  which equals exp(repeat_fraction × mean inflation over partnered residues).
+
+Default flag rule (calibration is a later step; both thresholds are parameters): a sequence is
+flagged when at least ``min_repeat_fraction`` of its residues have partners and the repeats make
+its pseudo-perplexity look at least ``min_inflation_factor`` times better than with the partner
+copies masked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    min_inflation_factor: float = 1.10
+    min_repeat_fraction: float = 0.05
+
+    def __post_init__(self):
+        if self.min_inflation_factor < 1.0:
+            raise ValueError(f"min_inflation_factor must be >= 1, got {self.min_inflation_factor}")
+        if not 0.0 <= self.min_repeat_fraction <= 1.0:
+            raise ValueError(f"min_repeat_fraction must be in [0, 1], got {self.min_repeat_fraction}")
+
+    def flags(self, inflation_factor: float, repeat_fraction: float) -> bool:
+        return repeat_fraction >= self.min_repeat_fraction and inflation_factor >= self.min_inflation_factor
+
+
+@dataclass(frozen=True)
+class SequenceSummary:
+    length: int
+    pll: float
+    pppl: float
+    pppl_ablated: float
+    pppl_unmasked: float
+    repeat_fraction: float
+    inflation_factor: float
+    mean_inflation: float | None
+    max_inflation: float | None
+    flagged: bool
+
+
+def summarize(
+    logp_masked: np.ndarray,
+    logp_unmasked: np.ndarray,
+    logp_ablated: np.ndarray,
+    rule: FlagRule = FlagRule(),
+) -> SequenceSummary:
+    """Summarise one sequence; ``logp_ablated`` is NaN where a residue has no partner."""
+    partnered = ~np.isnan(logp_ablated)
+    length = len(logp_masked)
+    pll = float(np.sum(logp_masked))
+    pppl = math.exp(-pll / length)
+    ablated_or_masked = np.where(partnered, logp_ablated, logp_masked)
+    pppl_ablated = math.exp(-float(np.mean(ablated_or_masked)))
+    inflation = (logp_masked - logp_ablated)[partnered]
+    repeat_fraction = float(partnered.mean())
+    inflation_factor = pppl_ablated / pppl
+    return SequenceSummary(
+        length=length,
+        pll=pll,
+        pppl=pppl,
+        pppl_ablated=pppl_ablated,
+        pppl_unmasked=math.exp(-float(np.mean(logp_unmasked))),
+        repeat_fraction=repeat_fraction,
+        inflation_factor=inflation_factor,
+        mean_inflation=float(inflation.mean()) if inflation.size else None,
+        max_inflation=float(inflation.max()) if inflation.size else None,
+        flagged=rule.flags(inflation_factor, repeat_fraction),
+    )

@@ -1,0 +1,239 @@
+"""Exact masked pseudo-likelihoods with repeat-partner ablation (docs: ../shared/docs/science.md).
+
+For every residue i of a sequence x (residue i is token i+1: BOS comes first):
+- ``logp_masked[i]``   = log P(x_i | x with only i masked), one masked copy per residue;
+- ``logp_unmasked[i]`` = log P(x_i | x), read from one unmasked pass;
+- ``logp_ablated[i]``  = log P(x_i | x with i and all its partners masked together), NaN
+  without partners. Residues whose mask sets coincide (i and j partnered only with each other)
+  share one copy: the copy is the same, so the numbers are exactly those of separate copies.
+
+Masked copies become "jobs" that are bucketed by length and packed into batches of at most
+``batch_tokens`` tokens. Sequences longer than the model window are scored in a window centred
+on each masked position (clamped at the ends) and marked ``windowed``; nothing is truncated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from screening.forward import logprobs_at
+from screening.model import LoadedModel
+
+MASKED, ABLATED, UNMASKED = 0, 1, 2
+PRECISIONS = ("fp32", "bf16")
+ENGINES = ("plmscreen", "fair-esm")
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    batch_tokens: int = 16384
+    precision: str = "fp32"  # bf16 autocast is opt-in: it moves log-probs (see bench/results)
+    masks_per_copy: int = 1  # >1 is an approximation: far-apart, non-partner positions share a copy
+    engine: str = "plmscreen"  # "fair-esm" runs the stock forward (reference, slower)
+
+    def __post_init__(self):
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.masks_per_copy < 1:
+            raise ValueError(f"masks_per_copy must be >= 1, got {self.masks_per_copy}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got '{self.engine}'")
+
+    @property
+    def exact(self) -> bool:
+        return self.precision == "fp32" and self.masks_per_copy == 1
+
+
+@dataclass
+class SequenceScores:
+    logp_masked: np.ndarray
+    logp_unmasked: np.ndarray
+    logp_ablated: np.ndarray  # NaN where the residue has no partner
+    windowed: bool
+    forward_rows: int = 0  # masked/unmasked copies run for this sequence
+
+
+@dataclass(frozen=True)
+class _Job:
+    seq: int
+    start: int  # residue window [start, stop)
+    stop: int
+    masked: tuple[int, ...]  # 0-based residue indices masked in this copy
+    read: tuple[int, ...]  # 0-based residue indices whose log-probs this copy gives
+    kind: int
+
+
+@dataclass
+class _Pending:
+    scores: SequenceScores
+    jobs_left: int
+    tokens: torch.Tensor = field(repr=False)
+
+
+def window_start(center: int, length: int, window: int) -> int:
+    """Start of the ``window``-residue window centred on ``center``, clamped inside the sequence."""
+    if length <= window:
+        return 0
+    return min(max(center - window // 2, 0), length - window)
+
+
+def _unmasked_jobs(seq: int, length: int, window: int) -> list[_Job]:
+    if length <= window:
+        return [_Job(seq, 0, length, (), tuple(range(length)), UNMASKED)]
+    # Half-overlapping windows; each residue is read from the window whose centre is nearest.
+    starts = sorted(set(range(0, length - window, window // 2)) | {length - window})
+    reads: dict[int, list[int]] = {s: [] for s in starts}
+    for i in range(length):
+        best = min((s for s in starts if s <= i < s + window), key=lambda s: abs(s + window / 2 - i))
+        reads[best].append(i)
+    return [_Job(seq, s, s + window, (), tuple(r), UNMASKED) for s, r in reads.items() if r]
+
+
+def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]], per_copy: int) -> list[_Job]:
+    windowed = length > window
+    if per_copy == 1 or windowed:
+        groups = [[i] for i in range(length)]
+    else:
+        # Approximate mode: positions n_groups apart share a copy, never with one of their partners.
+        n_groups = math.ceil(length / per_copy)
+        groups = []
+        for g in range(n_groups):
+            group: list[int] = []
+            for i in range(g, length, n_groups):
+                if any(j in group for j in partners[i]):
+                    groups.append([i])
+                else:
+                    group.append(i)
+            groups.append(group)
+    jobs = []
+    for group in groups:
+        start = window_start(group[0], length, window)
+        jobs.append(_Job(seq, start, start + min(length, window), tuple(group), tuple(group), MASKED))
+    return jobs
+
+
+def _ablated_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]]) -> list[_Job]:
+    jobs = []
+    if length > window:
+        for i in range(length):
+            if partners[i]:
+                start = window_start(i, length, window)
+                masked = tuple(j for j in sorted({i, *partners[i]}) if start <= j < start + window)
+                jobs.append(_Job(seq, start, start + window, masked, (i,), ABLATED))
+        return jobs
+    by_mask_set: dict[tuple[int, ...], list[int]] = {}
+    for i in range(length):
+        if partners[i]:
+            by_mask_set.setdefault(tuple(sorted({i, *partners[i]})), []).append(i)
+    return [_Job(seq, 0, length, mask_set, tuple(members), ABLATED) for mask_set, members in by_mask_set.items()]
+
+
+def _batches(jobs: list[_Job], batch_tokens: int) -> list[list[_Job]]:
+    """Bucket by window length (unmasked passes apart: they read every position) and pack."""
+    jobs = sorted(jobs, key=lambda j: (j.kind == UNMASKED, j.stop - j.start, j.seq))
+    batches: list[list[_Job]] = []
+    current: list[_Job] = []
+    for job in jobs:
+        width = max([job.stop - job.start] + [j.stop - j.start for j in current]) + 2
+        same_group = not current or (current[0].kind == UNMASKED) == (job.kind == UNMASKED)
+        if current and (not same_group or (len(current) + 1) * width > batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(job)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Scorer:
+    """Scores sequences with one loaded model; reuse it across shards (the model is loaded once)."""
+
+    def __init__(self, loaded: LoadedModel, options: ScoringOptions = ScoringOptions()):
+        self.loaded = loaded
+        self.options = options
+        alphabet = loaded.alphabet
+        self._bos, self._eos = alphabet.cls_idx, alphabet.eos_idx
+        self._pad, self._mask = alphabet.padding_idx, alphabet.mask_idx
+        self._index = {aa: alphabet.get_idx(aa) for aa in "ACDEFGHIKLMNPQRSTVWYXBZUOJ"}
+
+    def encode(self, sequence: str) -> torch.Tensor:
+        return torch.tensor([self._index[aa] for aa in sequence], dtype=torch.long)
+
+    def _forward(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        device = self.loaded.device
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+            if self.options.precision == "bf16"
+            else nullcontext()
+        )
+        with autocast:
+            if self.options.engine == "plmscreen":
+                return logprobs_at(self.loaded.model, tokens, query)
+            logits = self.loaded.model(tokens)["logits"]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            return torch.gather(logp, 1, query.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))
+
+    def _run_batch(self, batch: list[_Job], pending: dict[int, _Pending]) -> None:
+        width = max(j.stop - j.start for j in batch) + 2
+        n_query = max(len(j.read) for j in batch)
+        tokens = torch.full((len(batch), width), self._pad, dtype=torch.long)
+        query = torch.zeros((len(batch), n_query), dtype=torch.long)
+        for row, job in enumerate(batch):
+            residues = pending[job.seq].tokens[job.start : job.stop]
+            tokens[row, 0] = self._bos
+            tokens[row, 1 : 1 + len(residues)] = residues
+            tokens[row, 1 + len(residues)] = self._eos
+            for i in job.masked:
+                tokens[row, i - job.start + 1] = self._mask
+            query[row, : len(job.read)] = torch.tensor(job.read) - job.start + 1
+        device = self.loaded.device
+        logp = self._forward(tokens.to(device), query.to(device)).cpu()
+        for row, job in enumerate(batch):
+            state = pending[job.seq]
+            read = torch.tensor(job.read)
+            values = logp[row, : len(job.read)].gather(1, state.tokens[read].unsqueeze(1)).squeeze(1).numpy()
+            target = {MASKED: state.scores.logp_masked, ABLATED: state.scores.logp_ablated, UNMASKED: state.scores.logp_unmasked}[job.kind]
+            target[list(job.read)] = values
+            state.jobs_left -= 1
+            state.scores.forward_rows += 1
+
+    def score(
+        self,
+        sequences: Sequence[str],
+        partners: Sequence[Sequence[Sequence[int]]] | None = None,
+        on_sequence_done: Callable[[int, SequenceScores], None] | None = None,
+    ) -> list[SequenceScores]:
+        """Score ``sequences``; ``partners[s][i]`` are the 0-based partner residues of residue i."""
+        window = self.loaded.max_residues
+        pending: dict[int, _Pending] = {}
+        jobs: list[_Job] = []
+        for s, sequence in enumerate(sequences):
+            length = len(sequence)
+            seq_partners = partners[s] if partners is not None else [()] * length
+            if len(seq_partners) != length:
+                raise ValueError(f"sequence {s}: partner map has {len(seq_partners)} entries for {length} residues")
+            seq_jobs = (
+                _unmasked_jobs(s, length, window)
+                + _masked_jobs(s, length, window, seq_partners, self.options.masks_per_copy)
+                + _ablated_jobs(s, length, window, seq_partners)
+            )
+            nan = np.full(length, np.nan, dtype=np.float64)
+            scores = SequenceScores(nan.copy(), nan.copy(), nan.copy(), length > window)
+            pending[s] = _Pending(scores, len(seq_jobs), self.encode(sequence))
+            jobs += seq_jobs
+        with torch.inference_mode():
+            for batch in _batches(jobs, self.options.batch_tokens):
+                self._run_batch(batch, pending)
+                if on_sequence_done is not None:
+                    for s in sorted({j.seq for j in batch}):
+                        if pending[s].jobs_left == 0:
+                            on_sequence_done(s, pending[s].scores)
+        return [pending[s].scores for s in range(len(sequences))]

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny ESM-2 checkpoints in fair-esm's exact on-disk format."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests never reach a model hub.
+os.environ.setdefault("PLMSCREEN_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def write_esm2_checkpoint(path: Path, layers: int = 2, embed_dim: int = 32, heads: int = 4, seed: int = 0) -> Path:
+    """Save random ESM-2 weights as fair-esm's released checkpoints are laid out."""
+    import esm
+    from esm.model.esm2 import ESM2
+
+    torch.manual_seed(seed)
+    model = ESM2(num_layers=layers, embed_dim=embed_dim, attention_heads=heads,
+                 alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+    # Random init gives near-uniform outputs; widen the weights so log-probs differ across positions.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0, 0.5 / embed_dim**0.5 * 4)
+    cfg = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=embed_dim,
+                             encoder_attention_heads=heads, token_dropout=True)
+    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items()
+             if not k.startswith("contact_head")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"cfg": {"model": cfg}, "model": state}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_esm2_checkpoint(tmp_path_factory.mktemp("weights") / "esm2_t2_tiny_test.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from screening.model import load_model
+
+    return load_model(str(tiny_checkpoint), device="cpu")
