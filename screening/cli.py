@@ -1,0 +1,179 @@
+"""The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit.
+
+Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option);
+3 the output directory already holds a screen; 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import screening
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Screen proteins for masked-LM pseudo-likelihoods inflated by internal repeats.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"plmscreen {screening.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    pass
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"plmscreen: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _format_flagged(rows: list[dict], limit: int = 50) -> str:
+    if not rows:
+        return "No sequences flagged."
+    header = f"{'seq_id':<28} {'length':>6} {'pppl':>8} {'pppl_abl':>8} {'infl_fac':>8} {'rep_frac':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows[:limit]:
+        lines.append(
+            f"{row['seq_id'][:28]:<28} {row['length']:>6} {row['pppl']:>8.2f} {row['pppl_ablated']:>8.2f} "
+            f"{row['inflation_factor']:>8.2f} {row['repeat_fraction']:>8.2f}"
+        )
+    if len(rows) > limit:
+        lines.append(f"... and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+@app.command()
+def screen(
+    input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (residues/, sequences/, repeats/ Parquet).")],
+    model: Annotated[str, typer.Option(help="plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path.")] = "plmscreen-mini",
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_tokens: Annotated[int, typer.Option(help="Token budget per forward batch.")] = 16384,
+    precision: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (faster, approximate).")] = "fp32",
+    masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
+    min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
+    min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/rejects.tsv and go on.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier screen's files in OUT.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences."""
+    from tqdm import tqdm
+
+    from screening.fasta import InvalidFastaError
+    from screening.metrics import FlagRule
+    from screening.model import ModelLoadError
+    from screening.scoring import ScoringOptions
+    from screening.screen import OutputExistsError, ScreenSettings, run_screen
+
+    try:
+        settings = ScreenSettings(
+            model=model,
+            weights_dir=str(weights_dir) if weights_dir else None,
+            device=device,
+            scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
+            flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
+        )
+    except ValueError as exc:
+        _fail(str(exc), 2)
+
+    bar = None
+
+    def on_start(records):
+        nonlocal bar
+        total = sum(len(r.sequence) for r in records)
+        bar = tqdm(total=total, unit="res", unit_scale=True, disable=not progress, file=sys.stderr,
+                   desc=f"scoring {len(records)} sequences", dynamic_ncols=True)
+        bar.set_postfix(seqs=0)
+
+    done = 0
+    started = time.perf_counter()
+
+    def on_sequence_done(record):
+        nonlocal done
+        done += 1
+        bar.update(len(record.sequence))
+        bar.set_postfix(seqs=f"{done}", seq_per_s=f"{done / (time.perf_counter() - started):.2f}")
+
+    try:
+        summary = run_screen(input, out, settings, skip_invalid=skip_invalid, overwrite=overwrite,
+                             on_start=on_start, on_sequence_done=on_sequence_done)
+    except (InvalidFastaError, FileNotFoundError) as exc:
+        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", 2)
+    except ModelLoadError as exc:
+        _fail(str(exc), 2)
+    except OutputExistsError as exc:
+        _fail(str(exc), 3)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    rate = summary.n_residues / summary.seconds if summary.seconds else 0.0
+    typer.echo(
+        f"Screened {summary.n_scored} sequences ({summary.n_residues} residues) with {summary.model['model_name']} "
+        f"in {summary.seconds:.1f} s ({rate:.0f} residues/s); {summary.n_rejected} rejected; "
+        f"{len(summary.flagged)} flagged."
+    )
+    typer.echo(f"Outputs: {summary.out_dir}/residues, {summary.out_dir}/sequences, {summary.out_dir}/repeats")
+    if summary.rejects_file:
+        typer.echo(f"Rejected records: {summary.rejects_file}")
+    typer.echo("")
+    typer.echo("Flagged sequences (repeat-inflated pseudo-likelihoods), most inflated first:")
+    typer.echo(_format_flagged(summary.flagged))
+
+
+@app.command()
+def repeats(
+    input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file: one row per aligned region pair.")],
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to <out>.rejects.tsv and go on.")] = False,
+) -> None:
+    """Run only the repeat detector (no model): aligned region pairs, 1-based inclusive."""
+    from screening.fasta import InvalidFastaError, read_fasta, write_rejects
+    from screening.output import with_metadata, write_parquet_atomic
+    from screening.repeats import RepeatParams, find_repeats
+    from screening.screen import repeat_table
+
+    try:
+        contents = read_fasta(input)
+        if contents.rejects and not skip_invalid:
+            raise InvalidFastaError(input, contents.rejects)
+    except (InvalidFastaError, FileNotFoundError) as exc:
+        _fail(f"{exc}\nNothing was written. Fix the records or pass --skip-invalid.", 2)
+    params = RepeatParams()
+    regions = [find_repeats(r.sequence, params) for r in contents.records]
+    table = repeat_table(contents.records, regions)
+    import dataclasses
+
+    metadata = {"plmscreen_version": screening.__version__, "input_sha256": contents.sha256,
+                "parameters": {"repeats": dataclasses.asdict(params)}}
+    write_parquet_atomic(with_metadata(table, metadata), out)
+    if contents.rejects:
+        write_rejects(contents.rejects, f"{out}.rejects.tsv")
+    with_repeats = sum(1 for reg in regions if reg)
+    typer.echo(f"{len(contents.records)} sequences, {with_repeats} with repeats, {table.num_rows} region pairs -> {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

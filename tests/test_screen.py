@@ -1,0 +1,199 @@
+"""End-to-end screens on a tiny checkpoint: files read back, cross-checked, and the CLI's contract."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from schema.arrow import RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
+from screening.output import read_metadata
+from screening.screen import ScreenSettings, run_screen
+
+UNIT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"  # 70 aa, E. coli-like
+FASTA = f""">single description here
+{UNIT}
+>doubled
+{UNIT}{UNIT}
+>short
+MSTNPKPQRKTKRNTNRRPQDVKFPGG
+"""
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "screening.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"PLMSCREEN_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def screen_out(tmp_path_factory, tiny_checkpoint):
+    tmp = tmp_path_factory.mktemp("screen")
+    fasta = tmp / "in.fasta"
+    fasta.write_text(FASTA)
+    out = tmp / "out"
+    summary = run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"))
+    return fasta, out, summary
+
+
+def test_outputs_follow_the_contract(screen_out, tiny_checkpoint):
+    _, out, summary = screen_out
+    residues = pq.read_table(out / "residues" / "part-00000.parquet")
+    sequences = pq.read_table(out / "sequences" / "part-00000.parquet")
+    assert residues.schema.remove_metadata() == RESIDUES_SCHEMA
+    assert sequences.schema.remove_metadata() == SEQUENCES_SCHEMA
+    assert sequences.column("seq_id").to_pylist() == ["single", "doubled", "short"]
+    assert residues.num_rows == len(UNIT) * 3 + 27 == summary.n_residues
+    meta = read_metadata(out / "residues" / "part-00000.parquet")
+    assert meta["model_name"] == "esm2_t2_tiny_test"
+    import hashlib
+
+    assert meta["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert meta["plmscreen_version"] == "0.1.0" and meta["schema_version"] == SCHEMA_VERSION
+    assert meta["parameters"]["scoring"]["precision"] == "fp32"
+    assert meta["parameters"]["repeats"]["min_length"] > 0
+    assert not list(out.rglob("*.tmp")), "temp files left behind"
+
+
+def test_sequence_table_agrees_with_residue_table(screen_out):
+    _, out, _ = screen_out
+    res = pq.read_table(out / "residues").to_pandas() if False else pq.read_table(out / "residues" / "part-00000.parquet").to_pylist()
+    seqs = {row["seq_id"]: row for row in pq.read_table(out / "sequences" / "part-00000.parquet").to_pylist()}
+    for seq_id, row in seqs.items():
+        rows = [r for r in res if r["seq_id"] == seq_id]
+        assert [r["pos"] for r in rows] == list(range(1, row["length"] + 1))
+        masked = np.array([r["logp_masked"] for r in rows])
+        ablated = np.array([r["logp_ablated"] if r["logp_ablated"] is not None else np.nan for r in rows])
+        assert row["pll"] == pytest.approx(masked.sum())
+        assert row["pppl"] == pytest.approx(math.exp(-masked.mean()))
+        assert row["pppl_ablated"] == pytest.approx(math.exp(-np.where(np.isnan(ablated), masked, ablated).mean()))
+        assert row["repeat_fraction"] == pytest.approx(np.mean([bool(r["partner_pos"]) for r in rows]))
+        assert row["inflation_factor"] == pytest.approx(row["pppl_ablated"] / row["pppl"])
+        for r in rows:
+            assert (r["logp_ablated"] is None) == (not r["partner_pos"])
+            assert len(r["partner_region"]) == len(r["partner_identity"]) == len(r["partner_pos"])
+            if r["partner_pos"]:
+                assert r["inflation"] == pytest.approx(r["logp_masked"] - r["logp_ablated"])
+
+
+def test_doubled_protein_gets_partners_across_copies(screen_out):
+    _, out, _ = screen_out
+    rows = [r for r in pq.read_table(out / "residues" / "part-00000.parquet").to_pylist() if r["seq_id"] == "doubled"]
+    n = len(UNIT)
+    for r in rows:
+        i = r["pos"]
+        expected = i + n if i <= n else i - n
+        assert expected in r["partner_pos"], (i, r["partner_pos"])
+        assert i not in r["partner_pos"]
+    by_pos = {r["pos"]: set(r["partner_pos"]) for r in rows}
+    assert all(i in by_pos[j] for i, ps in by_pos.items() for j in ps), "partner map must be symmetric"
+    single = [r for r in pq.read_table(out / "residues" / "part-00000.parquet").to_pylist() if r["seq_id"] == "single"]
+    assert sum(bool(r["partner_pos"]) for r in single) == 0
+    regions = pq.read_table(out / "repeats" / "part-00000.parquet").to_pylist()
+    assert {(r["seq_id"], r["start"], r["end"], r["partner_start"], r["partner_end"]) for r in regions} >= {("doubled", 1, n, n + 1, 2 * n)}
+
+
+def test_existing_output_is_not_overwritten_silently(screen_out, tiny_checkpoint):
+    fasta, out, _ = screen_out
+    from screening.screen import OutputExistsError
+
+    before = (out / "sequences" / "part-00000.parquet").read_bytes()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"))
+    assert (out / "sequences" / "part-00000.parquet").read_bytes() == before
+
+
+def test_shards_split_the_input_without_loss(tmp_path, tiny_checkpoint, screen_out):
+    fasta, out_one, _ = screen_out
+    out = tmp_path / "sharded"
+    run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_residues=100))
+    parts = sorted((out / "sequences").glob("part-*.parquet"))
+    assert len(parts) == 3
+    ids = [i for p in parts for i in pq.read_table(p).column("seq_id").to_pylist()]
+    assert ids == ["single", "doubled", "short"]
+    one = pq.read_table(out_one / "residues" / "part-00000.parquet").column("logp_masked").to_numpy()
+    many = np.concatenate([pq.read_table(p).column("logp_masked").to_numpy() for p in sorted((out / "residues").glob("*.parquet"))])
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_cli_screen_prints_summary_and_flagged_table(tmp_path, tiny_checkpoint):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(FASTA)
+    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+                      "--device", "cpu", "--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "Screened 3 sequences (237 residues)" in result.stdout
+    assert "0 rejected" in result.stdout
+    rows = pq.read_table(tmp_path / "o" / "sequences" / "part-00000.parquet").to_pylist()
+    expected = [r["seq_id"] for r in rows if r["repeat_fraction"] >= 0.5 and r["inflation_factor"] >= 1.0]
+    assert expected == [r["seq_id"] for r in rows if r["flagged"]]
+    table = result.stdout.split("most inflated first:")[1]
+    assert f"{len(expected)} flagged" in result.stdout
+    for seq_id in ("single", "doubled", "short"):
+        assert (seq_id in table) == (seq_id in expected)
+    assert "res/s" in result.stderr or "res" in result.stderr  # tqdm progress bar on stderr
+
+
+def test_cli_invalid_input_scores_nothing_and_fails(tmp_path, tiny_checkpoint):
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(FASTA + ">broken\nMK1V\n>single\nMKV\n")
+    out = tmp_path / "o"
+    result = _run_cli("screen", str(fasta), "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu")
+    assert result.returncode == 2
+    assert "record 4 'broken': invalid residue '1' at position 3" in result.stderr
+    assert "record 5 'single': duplicate ID (first seen at record 1)" in result.stderr
+    assert not out.exists()
+
+
+def test_cli_skip_invalid_writes_rejects_and_goes_on(tmp_path, tiny_checkpoint):
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(FASTA + ">broken\nMK1V\n")
+    out = tmp_path / "o"
+    result = _run_cli("screen", str(fasta), "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu",
+                      "--skip-invalid", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "1 rejected" in result.stdout
+    assert (out / "rejects.tsv").read_text().splitlines()[1].startswith("4\tbroken\tinvalid residue '1'")
+    assert pq.read_table(out / "sequences" / "part-00000.parquet").num_rows == 3
+    run = json.loads((out / "run.json").read_text())
+    assert run["n_scored"] == 3 and run["n_rejected"] == 1
+
+
+def test_cli_missing_model_is_one_clear_error(tmp_path):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(FASTA)
+    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", "esm2_t6_8M_UR50D",
+                      "--weights-dir", str(tmp_path), "--device", "cpu")
+    assert result.returncode == 2
+    assert "model 'esm2_t6_8M_UR50D' not found" in result.stderr
+    assert str(tmp_path / "esm2_t6_8M_UR50D.pt") in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_option_is_refused(tmp_path, tiny_checkpoint):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(FASTA)
+    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint), "--precision", "fp8")
+    assert result.returncode == 2 and "precision must be one of" in result.stderr
+
+
+def test_cli_repeats_writes_region_pairs(tmp_path):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(FASTA)
+    out = tmp_path / "rep.parquet"
+    result = _run_cli("repeats", str(fasta), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert set(pq.read_schema(out).names) >= {"seq_id", "region_id", "start", "end", "partner_start", "partner_end", "identity", "score"}
+    doubled = [r for r in rows if r["seq_id"] == "doubled"]
+    assert any(r["start"] == 1 and r["end"] == 70 and r["partner_start"] == 71 and r["partner_end"] == 140 and r["identity"] == 1.0 for r in doubled)
+    assert not [r for r in rows if r["seq_id"] == "single"]
+
+
+def test_cli_version_and_help():
+    assert _run_cli("--version").stdout.strip() == "plmscreen 0.1.0"
+    help_text = _run_cli("screen", "--help").stdout
+    for option in ("--out", "--model", "--device", "--batch-tokens", "--skip-invalid"):
+        assert option in help_text
