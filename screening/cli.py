@@ -61,7 +61,7 @@ def _format_flagged(rows: list[dict], limit: int = 50) -> str:
 @app.command()
 def screen(
     input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (residues/, sequences/, repeats/ Parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory: residues/, sequences/, repeats/ Parquet, partitioned by model and run.")],
     model: Annotated[str, typer.Option(help="plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path.")] = "plmscreen-mini",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -70,8 +70,8 @@ def screen(
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/rejects.tsv and go on.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier screen's files in OUT.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences."""
@@ -131,7 +131,7 @@ def screen(
         f"in {summary.seconds:.1f} s ({rate:.0f} residues/s); {summary.n_rejected} rejected; "
         f"{len(summary.flagged)} flagged."
     )
-    typer.echo(f"Outputs: {summary.out_dir}/residues, {summary.out_dir}/sequences, {summary.out_dir}/repeats")
+    typer.echo(f"Run {summary.run_id}: {summary.out_dir}/{{residues,sequences,repeats}}/model=*/run={summary.run_id}/")
     if summary.rejects_file:
         typer.echo(f"Rejected records: {summary.rejects_file}")
     typer.echo("")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,15 @@ from screening.model import LoadedModel, load_model
 from screening.output import with_metadata, write_parquet_atomic
 from screening.repeats import RepeatParams, find_repeats, partner_details
 from screening.scoring import Scorer, ScoringOptions, SequenceScores
+
+
+TABLES = ("residues", "sequences", "repeats")
+
+
+def run_dir(store: Path, table: str, model_name: str, run_id: str) -> Path:
+    """Hive partitions: STORE/<table>/model=<model>/run=<run_id>/part-NNNNN.parquet."""
+    model_part = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+    return Path(store) / table / f"model={model_part}" / f"run={run_id}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class ShardTables:
 @dataclass
 class ScreenSummary:
     out_dir: Path
+    run_id: str
     n_input: int
     n_scored: int
     n_rejected: int
@@ -165,10 +177,17 @@ def shard_records(records: Sequence[ProteinRecord], max_residues: int) -> list[l
     return shards
 
 
-def run_metadata(settings: ScreenSettings, loaded: LoadedModel, input_path: Path | None, input_sha256: str | None) -> dict:
+def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings) -> str:
+    """The same input, checkpoint and parameters always name the same run (reruns resume, never duplicate)."""
+    key = json.dumps({"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.parameters()}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def run_metadata(settings: ScreenSettings, loaded: LoadedModel, input_path: Path | None, input_sha256: str | None, run_id: str) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "plmscreen_version": screening.__version__,
+        "run_id": run_id,
         "model_name": loaded.name,
         "checkpoint_sha256": loaded.checkpoint_sha256,
         "model": loaded.describe(),
@@ -179,10 +198,10 @@ def run_metadata(settings: ScreenSettings, loaded: LoadedModel, input_path: Path
     }
 
 
-def write_shard(tables: ShardTables, out_dir: Path, shard: int, metadata: dict) -> list[Path]:
+def write_shard(tables: ShardTables, store: Path, model_name: str, run_id: str, shard: int, metadata: dict) -> list[Path]:
     name = f"part-{shard:05d}.parquet"
     return [
-        write_parquet_atomic(with_metadata(table, metadata), Path(out_dir) / kind / name)
+        write_parquet_atomic(with_metadata(table, metadata), run_dir(store, kind, model_name, run_id) / name)
         for kind, table in (("residues", tables.residues), ("sequences", tables.sequences), ("repeats", tables.repeats))
     ]
 
@@ -191,10 +210,13 @@ class OutputExistsError(FileExistsError):
     pass
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = [p for kind in ("residues", "sequences", "repeats") for p in (out_dir / kind).glob("*.parquet")]
+def _check_run_absent(store: Path, model_name: str, run_id: str, overwrite: bool) -> None:
+    existing = [p for kind in TABLES for p in run_dir(store, kind, model_name, run_id).glob("*.parquet")]
     if existing and not overwrite:
-        raise OutputExistsError(f"{out_dir} already holds screen outputs ({len(existing)} files); pass --overwrite to replace them")
+        raise OutputExistsError(
+            f"{store} already holds run {run_id} (same input, model and parameters: {len(existing)} files); "
+            "pass --overwrite to redo it"
+        )
     for path in existing:
         path.unlink()
 
@@ -215,26 +237,29 @@ def run_screen(
     contents = read_fasta(input_path)
     if contents.rejects and not skip_invalid:
         raise InvalidFastaError(input_path, contents.rejects)
-    _check_out_dir(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rejects_file = None
-    if contents.rejects:
-        rejects_file = out_dir / "rejects.tsv"
-        write_rejects(contents.rejects, rejects_file)
     if loaded is None:
         loaded = load_model(settings.model, settings.weights_dir, settings.device)
+    run_id = run_id_for(contents.sha256, loaded.checkpoint_sha256, settings)
+    _check_run_absent(out_dir, loaded.name, run_id, overwrite)
+    info_dir = out_dir / "runs" / run_id
+    info_dir.mkdir(parents=True, exist_ok=True)
+    rejects_file = None
+    if contents.rejects:
+        rejects_file = info_dir / "rejects.tsv"
+        write_rejects(contents.rejects, rejects_file)
     scorer = Scorer(loaded, settings.scoring)
-    metadata = run_metadata(settings, loaded, input_path, contents.sha256)
+    metadata = run_metadata(settings, loaded, input_path, contents.sha256, run_id)
     if on_start is not None:
         on_start(contents.records)
     files: list[Path] = []
     flagged: list[dict] = []
     for shard, records in enumerate(shard_records(contents.records, settings.shard_residues)):
         tables = score_shard(scorer, records, settings.repeats, settings.flag, on_sequence_done)
-        files += write_shard(tables, out_dir, shard, metadata)
+        files += write_shard(tables, out_dir, loaded.name, run_id, shard, metadata)
         flagged += [row for row in tables.sequences.to_pylist() if row["flagged"]]
     summary = ScreenSummary(
         out_dir=out_dir,
+        run_id=run_id,
         n_input=len(contents.records) + sum(1 for r in contents.rejects if r.record_number > 0),
         n_scored=len(contents.records),
         n_rejected=len(contents.rejects),
@@ -245,5 +270,5 @@ def run_screen(
         seconds=time.perf_counter() - started,
         model=loaded.describe(),
     )
-    (out_dir / "run.json").write_text(json.dumps({**metadata, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected}, indent=2))
+    (info_dir / "run.json").write_text(json.dumps({**metadata, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected}, indent=2))
     return summary

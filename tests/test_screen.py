@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schema.arrow import RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
+from screening.metrics import FlagRule
 from screening.output import read_metadata
 from screening.screen import ScreenSettings, run_screen
 
@@ -28,6 +29,13 @@ def _run_cli(*args, cwd=None):
                           env={"PLMSCREEN_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
 
 
+def part(store, table, shard=0):
+    """The one shard file of ``table`` in a store holding a single run."""
+    found = list(store.glob(f"{table}/model=*/run=*/part-{shard:05d}.parquet"))
+    assert len(found) == 1, found
+    return found[0]
+
+
 @pytest.fixture(scope="module")
 def screen_out(tmp_path_factory, tiny_checkpoint):
     tmp = tmp_path_factory.mktemp("screen")
@@ -40,14 +48,16 @@ def screen_out(tmp_path_factory, tiny_checkpoint):
 
 def test_outputs_follow_the_contract(screen_out, tiny_checkpoint):
     _, out, summary = screen_out
-    residues = pq.read_table(out / "residues" / "part-00000.parquet")
-    sequences = pq.read_table(out / "sequences" / "part-00000.parquet")
+    residues = pq.read_table(part(out, "residues"))
+    sequences = pq.read_table(part(out, "sequences"))
     assert residues.schema.remove_metadata() == RESIDUES_SCHEMA
     assert sequences.schema.remove_metadata() == SEQUENCES_SCHEMA
     assert sequences.column("seq_id").to_pylist() == ["single", "doubled", "short"]
     assert residues.num_rows == len(UNIT) * 3 + 27 == summary.n_residues
-    meta = read_metadata(out / "residues" / "part-00000.parquet")
+    meta = read_metadata(part(out, "residues"))
     assert meta["model_name"] == "esm2_t2_tiny_test"
+    assert part(out, "residues").parent == out / "residues" / "model=esm2_t2_tiny_test" / f"run={summary.run_id}"
+    assert meta["run_id"] == summary.run_id
     import hashlib
 
     assert meta["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
@@ -59,8 +69,8 @@ def test_outputs_follow_the_contract(screen_out, tiny_checkpoint):
 
 def test_sequence_table_agrees_with_residue_table(screen_out):
     _, out, _ = screen_out
-    res = pq.read_table(out / "residues").to_pandas() if False else pq.read_table(out / "residues" / "part-00000.parquet").to_pylist()
-    seqs = {row["seq_id"]: row for row in pq.read_table(out / "sequences" / "part-00000.parquet").to_pylist()}
+    res = pq.read_table(part(out, "residues")).to_pylist()
+    seqs = {row["seq_id"]: row for row in pq.read_table(part(out, "sequences")).to_pylist()}
     for seq_id, row in seqs.items():
         rows = [r for r in res if r["seq_id"] == seq_id]
         assert [r["pos"] for r in rows] == list(range(1, row["length"] + 1))
@@ -80,7 +90,7 @@ def test_sequence_table_agrees_with_residue_table(screen_out):
 
 def test_doubled_protein_gets_partners_across_copies(screen_out):
     _, out, _ = screen_out
-    rows = [r for r in pq.read_table(out / "residues" / "part-00000.parquet").to_pylist() if r["seq_id"] == "doubled"]
+    rows = [r for r in pq.read_table(part(out, "residues")).to_pylist() if r["seq_id"] == "doubled"]
     n = len(UNIT)
     for r in rows:
         i = r["pos"]
@@ -89,32 +99,36 @@ def test_doubled_protein_gets_partners_across_copies(screen_out):
         assert i not in r["partner_pos"]
     by_pos = {r["pos"]: set(r["partner_pos"]) for r in rows}
     assert all(i in by_pos[j] for i, ps in by_pos.items() for j in ps), "partner map must be symmetric"
-    single = [r for r in pq.read_table(out / "residues" / "part-00000.parquet").to_pylist() if r["seq_id"] == "single"]
+    single = [r for r in pq.read_table(part(out, "residues")).to_pylist() if r["seq_id"] == "single"]
     assert sum(bool(r["partner_pos"]) for r in single) == 0
-    regions = pq.read_table(out / "repeats" / "part-00000.parquet").to_pylist()
+    regions = pq.read_table(part(out, "repeats")).to_pylist()
     assert {(r["seq_id"], r["start"], r["end"], r["partner_start"], r["partner_end"]) for r in regions} >= {("doubled", 1, n, n + 1, 2 * n)}
 
 
-def test_existing_output_is_not_overwritten_silently(screen_out, tiny_checkpoint):
-    fasta, out, _ = screen_out
+def test_existing_output_is_not_overwritten_silently(screen_out, tiny_checkpoint, tmp_path):
+    import shutil
+
+    fasta, shared_out, _ = screen_out
+    out = tmp_path / "store"
+    shutil.copytree(shared_out, out)
     from screening.screen import OutputExistsError
 
-    before = (out / "sequences" / "part-00000.parquet").read_bytes()
+    before = (part(out, "sequences")).read_bytes()
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"))
-    assert (out / "sequences" / "part-00000.parquet").read_bytes() == before
+    assert (part(out, "sequences")).read_bytes() == before
 
 
 def test_shards_split_the_input_without_loss(tmp_path, tiny_checkpoint, screen_out):
     fasta, out_one, _ = screen_out
     out = tmp_path / "sharded"
     run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_residues=100))
-    parts = sorted((out / "sequences").glob("part-*.parquet"))
+    parts = sorted((out / "sequences").glob("model=*/run=*/part-*.parquet"))
     assert len(parts) == 3
     ids = [i for p in parts for i in pq.read_table(p).column("seq_id").to_pylist()]
     assert ids == ["single", "doubled", "short"]
-    one = pq.read_table(out_one / "residues" / "part-00000.parquet").column("logp_masked").to_numpy()
-    many = np.concatenate([pq.read_table(p).column("logp_masked").to_numpy() for p in sorted((out / "residues").glob("*.parquet"))])
+    one = pq.read_table(part(out_one, "residues")).column("logp_masked").to_numpy()
+    many = np.concatenate([pq.read_table(p).column("logp_masked").to_numpy() for p in sorted((out / "residues").glob("model=*/run=*/*.parquet"))])
     np.testing.assert_allclose(one, many, atol=1e-5)
 
 
@@ -126,7 +140,7 @@ def test_cli_screen_prints_summary_and_flagged_table(tmp_path, tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     assert "Screened 3 sequences (237 residues)" in result.stdout
     assert "0 rejected" in result.stdout
-    rows = pq.read_table(tmp_path / "o" / "sequences" / "part-00000.parquet").to_pylist()
+    rows = pq.read_table(part(tmp_path / "o", "sequences")).to_pylist()
     expected = [r["seq_id"] for r in rows if r["repeat_fraction"] >= 0.5 and r["inflation_factor"] >= 1.0]
     assert expected == [r["seq_id"] for r in rows if r["flagged"]]
     table = result.stdout.split("most inflated first:")[1]
@@ -155,9 +169,10 @@ def test_cli_skip_invalid_writes_rejects_and_goes_on(tmp_path, tiny_checkpoint):
                       "--skip-invalid", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "1 rejected" in result.stdout
-    assert (out / "rejects.tsv").read_text().splitlines()[1].startswith("4\tbroken\tinvalid residue '1'")
-    assert pq.read_table(out / "sequences" / "part-00000.parquet").num_rows == 3
-    run = json.loads((out / "run.json").read_text())
+    run_dir = next((out / "runs").iterdir())
+    assert (run_dir / "rejects.tsv").read_text().splitlines()[1].startswith("4\tbroken\tinvalid residue '1'")
+    assert pq.read_table(part(out, "sequences")).num_rows == 3
+    run = json.loads((run_dir / "run.json").read_text())
     assert run["n_scored"] == 3 and run["n_rejected"] == 1
 
 

@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   screen the bundled example proteins with the bundled model, print the flagged ones
+#   make test   run the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+# pyproject pins torch<=2.13.0 so pip takes the local 2.13.0 CPU wheel, not a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/plmscreen screen examples/sample.fasta --out $(DEMO_OUT) --model plmscreen-mini --overwrite
+
+# pytest exits 5 when it collected no tests; make treats that as the failure it is.
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,429 @@
+"""Internal-repeat detection: a residue-level partner map from local self-alignment.
+
+A masked language model can predict residue ``i`` by copying its aligned partner ``j`` in another
+copy of an internal repeat. This module finds those partners.
+
+Algorithm
+---------
+1. **Position-indexed self-alignment.** The sequence is compared with itself through an
+   ``L x L`` *position* score matrix ``M[p, q] = BLOSUM62[x_p, x_q]`` in which every cell with
+   ``q - p < min_offset`` (the main diagonal, its neighbourhood and the mirror triangle) is
+   forbidden (a large negative score). Biopython's ``PairwiseAligner`` (local, affine gaps)
+   aligns the index arrays ``0..L-1`` against each other with ``M`` as substitution matrix, so the
+   gapped Smith-Waterman-Gotoh alignment runs in Biopython's C code while the trivial self-match
+   is excluded. Tandem copies may overlap (copy 1-2 aligned to copy 2-3 at offset = unit length).
+2. **Waterman-Eggert suboptimal alignments.** After an alignment is taken, its aligned cells
+   (residue pairs) are forbidden and the next best alignment is computed, until the best score
+   falls below the significance threshold, ``max_regions`` alignments are kept, or
+   ``max_rejections`` alignments in a row fail the length/identity filters. No residue pair is
+   used twice, so the partner relation has no duplicates; a repeat of ``k`` copies yields the
+   alignments at offsets ``u, 2u, ...`` that partner every copy with every other copy.
+3. **Significance against composition-preserving shuffles.** The best off-diagonal score of
+   ``n_shuffles`` residue permutations of the same sequence (seeded) is fitted by a Gumbel
+   (extreme value) distribution, method of moments. An alignment's p-value is the Gumbel upper
+   tail of its score: the chance that a repeat-free sequence of this composition and length has an
+   alignment this good anywhere. Sub-optimal alignments are tested against the same null of the
+   *best* score, which is conservative. For sequences longer than ``null_length`` the shuffles are
+   computed on ``null_length`` residues drawn from a permutation of the whole sequence and the
+   Gumbel location is moved to the full search space (Karlin-Altschul: location grows by
+   ``scale * ln(search-space ratio)``).
+4. **Very long sequences** (``> window``) are scanned in windows of ``window`` residues
+   overlapping by half, so every pair of residues closer than ``window / 2`` is in some window;
+   the null always refers to the whole sequence. Overlapping windows' duplicate region pairs are
+   dropped. Cost is then linear in length instead of quadratic.
+
+Coordinates in the public API are 1-based and inclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from Bio.Align import PairwiseAligner, substitution_matrices
+
+__all__ = [
+    "RepeatParams",
+    "RegionPair",
+    "find_repeats",
+    "partner_map",
+    "partner_details",
+    "region_records",
+    "repeat_residues",
+    "REGION_COLUMNS",
+]
+
+_BLOSUM62 = substitution_matrices.load("BLOSUM62")
+_ALPHABET: str = _BLOSUM62.alphabet  # "ARNDCQEGHILKMFPSTWYVBZX*"
+_MATRIX = np.asarray(_BLOSUM62, dtype=np.float64)
+# Letters BLOSUM62 lacks: selenocysteine, pyrrolysine, Leu/Ile ambiguity.
+_ALIASES = {"U": "C", "O": "K", "J": "L"}
+_CODE = np.full(128, -1, dtype=np.int64)
+for _k, _letter in enumerate(_ALPHABET):
+    _CODE[ord(_letter)] = _k
+for _letter, _target in _ALIASES.items():
+    _CODE[ord(_letter)] = _ALPHABET.index(_target)
+_X = _ALPHABET.index("X")
+_FORBIDDEN = -1.0e6  # score of excluded cells: no local alignment can cross one
+_EULER_GAMMA = 0.5772156649015329
+
+REGION_COLUMNS = (
+    "seq_id",
+    "region_id",
+    "start",
+    "end",
+    "partner_start",
+    "partner_end",
+    "identity",
+    "score",
+)
+
+
+class InvalidSequenceError(ValueError):
+    """The sequence holds a character that is not an amino-acid letter."""
+
+
+@dataclass(frozen=True)
+class RepeatParams:
+    """Thresholds and costs of the repeat search (defaults chosen on the Wright-lab benchmark,
+    see bench/results/repeat_benchmark.md).
+
+    min_length: minimum number of aligned residue pairs (match/mismatch columns) of a region pair.
+    min_score: minimum BLOSUM62 alignment score, whatever the p-value (guards tiny sequences).
+    min_identity: minimum fraction of identical residues over the aligned pairs.
+    min_offset: minimum |i - j| of an aligned pair; closer pairs (the main diagonal and
+        near-diagonal, e.g. homopolymer shifts by one) are never considered.
+    max_pvalue: keep an alignment only if P(best shuffle score >= its score) <= this.
+    n_shuffles: composition-preserving shuffles used to fit the Gumbel null.
+    seed: seed of the shuffles (results are deterministic for a given sequence and params).
+    gap_open, gap_extend: affine gap scores (negative) of the local alignment; a gap of length
+        n costs gap_open + (n - 1) * gap_extend.
+    max_regions: at most this many region pairs per sequence (per window for long sequences).
+    max_rejections: stop after this many alignments in a row that are significant but fail the
+        length/identity filters.
+    local_window: local identity of an aligned pair = identity over the aligned pairs within
+        +-local_window pairs of it in the same alignment (clipped at the alignment ends).
+    null_length: shuffles longer than this are truncated to this many residues (the null is then
+        extrapolated to the full length), bounding the cost of the null.
+    window: sequences longer than this are scanned in windows of this size overlapping by half.
+    """
+
+    min_length: int = 12
+    min_score: float = 25.0
+    min_identity: float = 0.3
+    min_offset: int = 10
+    max_pvalue: float = 0.01
+    n_shuffles: int = 20
+    seed: int = 0
+    gap_open: float = -11.0
+    gap_extend: float = -1.0
+    max_gap_rate: float = 1.0
+    max_regions: int = 50
+    max_rejections: int = 5
+    local_window: int = 5
+    null_length: int = 600
+    window: int = 2000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_length < 1:
+            problems.append(f"min_length must be >= 1, got {self.min_length}")
+        if self.min_offset < 1:
+            problems.append(f"min_offset must be >= 1, got {self.min_offset}")
+        if not 0.0 <= self.min_identity <= 1.0:
+            problems.append(f"min_identity must be in [0, 1], got {self.min_identity}")
+        if not 0.0 < self.max_pvalue <= 1.0:
+            problems.append(f"max_pvalue must be in (0, 1], got {self.max_pvalue}")
+        if self.n_shuffles < 2:
+            problems.append(f"n_shuffles must be >= 2 to fit the null, got {self.n_shuffles}")
+        if self.gap_open > 0 or self.gap_extend > 0:
+            problems.append(
+                f"gap_open and gap_extend must be <= 0, got {self.gap_open}, {self.gap_extend}"
+            )
+        if self.max_regions < 0 or self.max_rejections < 0 or self.local_window < 0:
+            problems.append("max_regions, max_rejections and local_window must be >= 0")
+        if self.null_length < 4 * self.min_offset:
+            problems.append(
+                f"null_length ({self.null_length}) must be >= 4 * min_offset ({self.min_offset})"
+            )
+        if self.window < 4 * self.min_offset:
+            problems.append(f"window ({self.window}) must be >= 4 * min_offset ({self.min_offset})")
+        if problems:
+            raise ValueError("invalid RepeatParams: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        """Plain dict, for recording the parameters of a run."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegionPair:
+    """Two aligned copies of an internal repeat (1-based inclusive coordinates).
+
+    ``start..end`` is the first copy and ``partner_start..partner_end`` the second
+    (``start < partner_start``; the spans of tandem copies may overlap). ``pairs`` are the aligned
+    residue pairs ``(i, j)`` with ``i < j`` (match/mismatch columns only, gaps excluded) and
+    ``local_identity[k]`` is the identity over the aligned pairs within
+    ``RepeatParams.local_window`` pairs of ``pairs[k]``.
+    """
+
+    region_id: int
+    start: int
+    end: int
+    partner_start: int
+    partner_end: int
+    identity: float
+    score: float
+    pvalue: float
+    pairs: tuple[tuple[int, int], ...]
+    local_identity: tuple[float, ...]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.pairs)
+
+
+@dataclass(frozen=True)
+class _Null:
+    """Gumbel null of the best off-diagonal score for the whole sequence."""
+
+    location: float
+    scale: float
+
+    def pvalue(self, score: float) -> float:
+        z = (score - self.location) / self.scale
+        return float(-math.expm1(-math.exp(-z))) if z > -50 else 1.0
+
+    def score_at(self, pvalue: float) -> float:
+        return self.location - self.scale * math.log(-math.log1p(-pvalue))
+
+
+def encode(sequence: str) -> np.ndarray:
+    """BLOSUM62 indices of a protein sequence (case-insensitive; U->C, O->K, J->L, other
+    letters -> X). Raises InvalidSequenceError for anything that is not a letter or '*'."""
+    raw = np.frombuffer(sequence.upper().encode("ascii", errors="replace"), dtype=np.uint8)
+    codes = _CODE[np.minimum(raw, 127)]
+    letters = (raw >= ord("A")) & (raw <= ord("Z"))
+    codes[(codes < 0) & letters] = _X
+    bad = np.flatnonzero(codes < 0)
+    if bad.size:
+        pos = int(bad[0])
+        raise InvalidSequenceError(
+            f"invalid character {sequence[pos]!r} at position {pos + 1} of the sequence"
+        )
+    return codes
+
+
+def _aligner(params: RepeatParams) -> PairwiseAligner:
+    aligner = PairwiseAligner()
+    aligner.mode = "local"
+    aligner.open_gap_score = params.gap_open
+    aligner.extend_gap_score = params.gap_extend
+    return aligner
+
+
+def _position_matrix(codes: np.ndarray, min_offset: int) -> np.ndarray:
+    """M[p, q] = BLOSUM62(x_p, x_q) for q - p >= min_offset, forbidden elsewhere."""
+    matrix = _MATRIX[codes[:, None], codes[None, :]]
+    matrix[np.tril_indices(codes.size, min_offset - 1)] = _FORBIDDEN
+    return matrix
+
+
+def _index_arrays(length: int, min_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    # Rows that can pair with anything and columns that can: trims the forbidden borders.
+    return (
+        np.arange(0, length - min_offset, dtype=np.int32),
+        np.arange(min_offset, length, dtype=np.int32),
+    )
+
+
+def _fit_null(codes: np.ndarray, params: RepeatParams) -> _Null:
+    """Gumbel fit (method of moments) of the best off-diagonal score over seeded shuffles."""
+    length = codes.size
+    sample = min(length, params.null_length)
+    rng = np.random.default_rng(params.seed)
+    aligner = _aligner(params)
+    rows, cols = _index_arrays(sample, params.min_offset)
+    best = np.empty(params.n_shuffles)
+    for k in range(params.n_shuffles):
+        shuffled = codes[rng.permutation(length)[:sample]]
+        aligner.substitution_matrix = _position_matrix(shuffled, params.min_offset)
+        best[k] = aligner.score(rows, cols)
+    # A floor on the scale keeps degenerate nulls (e.g. homopolymers: every shuffle identical)
+    # from turning every score above the mean into p = 0.
+    scale = max(float(np.std(best, ddof=1)) * math.sqrt(6.0) / math.pi, 1.0)
+    location = float(np.mean(best)) - _EULER_GAMMA * scale
+    if sample < length:
+        space_full = (length - params.min_offset) ** 2
+        space_sample = (sample - params.min_offset) ** 2
+        location += scale * math.log(space_full / space_sample)
+    return _Null(location, scale)
+
+
+def _local_identity(identical: np.ndarray, half_window: int) -> np.ndarray:
+    n = identical.size
+    csum = np.concatenate([[0], np.cumsum(identical, dtype=np.int64)])
+    idx = np.arange(n)
+    lo = np.maximum(idx - half_window, 0)
+    hi = np.minimum(idx + half_window + 1, n)
+    return (csum[hi] - csum[lo]) / (hi - lo)
+
+
+def _scan(
+    codes: np.ndarray, params: RepeatParams, null: _Null, stop_score: float
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """Waterman-Eggert loop on one sequence/window: (score, i, j) of accepted alignments,
+    0-based positions within ``codes``."""
+    length = codes.size
+    found: list[tuple[float, np.ndarray, np.ndarray]] = []
+    if length <= params.min_offset:
+        return found
+    matrix = _position_matrix(codes, params.min_offset)
+    rows, cols = _index_arrays(length, params.min_offset)
+    aligner = _aligner(params)
+    rejections = 0
+    while len(found) < params.max_regions:
+        aligner.substitution_matrix = matrix  # re-set: the matrix was edited in place
+        score = aligner.score(rows, cols)  # score only is ~3x cheaper than the traceback
+        if score < stop_score:
+            break
+        alignment = aligner.align(rows, cols)[0]
+        blocks_i, blocks_j = alignment.aligned
+        i = np.concatenate([np.arange(a, b) for a, b in blocks_i]).astype(np.int64)
+        j = np.concatenate([np.arange(a, b) for a, b in blocks_j]).astype(np.int64)
+        j += params.min_offset
+        matrix[i, j] = _FORBIDDEN  # Waterman-Eggert: no residue pair is aligned twice
+        identical = (codes[i] == codes[j]) & (codes[i] != _X)
+        gaps = np.count_nonzero((np.diff(i) != 1) | (np.diff(j) != 1))
+        if (
+            i.size < params.min_length
+            or identical.mean() < params.min_identity
+            or gaps > params.max_gap_rate * i.size
+        ):
+            rejections += 1
+            if rejections > params.max_rejections:
+                break
+            continue
+        rejections = 0
+        found.append((float(score), i, j))
+    return found
+
+
+def _region(
+    region_id: int, score: float, i: np.ndarray, j: np.ndarray, codes: np.ndarray,
+    null: _Null, params: RepeatParams,
+) -> RegionPair:
+    identical = (codes[i] == codes[j]) & (codes[i] != _X)
+    local = _local_identity(identical, params.local_window)
+    return RegionPair(
+        region_id=region_id,
+        start=int(i.min()) + 1,
+        end=int(i.max()) + 1,
+        partner_start=int(j.min()) + 1,
+        partner_end=int(j.max()) + 1,
+        identity=round(float(identical.mean()), 6),
+        score=float(score),
+        pvalue=null.pvalue(score),
+        pairs=tuple(zip((i + 1).tolist(), (j + 1).tolist())),
+        local_identity=tuple(round(float(v), 6) for v in local),
+    )
+
+
+def find_repeats(sequence: str, params: RepeatParams = RepeatParams()) -> list[RegionPair]:
+    """Significant internal repeats of ``sequence`` as aligned region pairs, best score first.
+
+    Region ids are 0-based in that order. Deterministic for a given sequence and ``params``.
+    Raises InvalidSequenceError for characters that are not amino-acid letters.
+    """
+    codes = encode(sequence)
+    length = codes.size
+    if length < 2 * params.min_offset or length < 2 * params.min_length:
+        return []
+    null = _fit_null(codes, params)
+    stop_score = max(null.score_at(params.max_pvalue), params.min_score)
+
+    if length <= params.window:
+        found = _scan(codes, params, null, stop_score)
+    else:
+        found = []
+        used: set[tuple[int, int]] = set()
+        step = params.window // 2
+        starts = list(range(0, length - params.window, step)) + [length - params.window]
+        hits = []
+        for w0 in starts:
+            for score, i, j in _scan(codes[w0 : w0 + params.window], params, null, stop_score):
+                hits.append((score, i + w0, j + w0))
+        # The same repeat seen in two overlapping windows: keep the best, drop copies that share
+        # most of their residue pairs with a kept one, and strip shared pairs from the rest.
+        hits.sort(key=lambda h: -h[0])
+        for score, i, j in hits:
+            keys = list(zip(i.tolist(), j.tolist()))
+            fresh = np.array([k not in used for k in keys], dtype=bool)
+            if fresh.mean() < 0.5 or fresh.sum() < params.min_length:
+                continue
+            used.update(keys)
+            found.append((score, i[fresh], j[fresh]))
+        found = found[: params.max_regions * len(starts)]
+
+    return [
+        _region(rid, score, i, j, codes, null, params)
+        for rid, (score, i, j) in enumerate(found)
+    ]
+
+
+def partner_details(
+    length: int, regions: Sequence[RegionPair]
+) -> list[tuple[tuple[int, int, float], ...]]:
+    """Per residue (index p-1 for residue p): sorted tuple of ``(partner_pos, region_id,
+    local_identity)`` over all its partners, 1-based positions. Symmetric (a pair (i, j) appears
+    at i and at j with the same region id and local identity); a residue is never its own
+    partner; if two regions pair the same residues the higher local identity is kept."""
+    best: list[dict[int, tuple[int, float]]] = [{} for _ in range(length)]
+    for region in regions:
+        for (i, j), ident in zip(region.pairs, region.local_identity):
+            if i == j:
+                continue
+            if not (1 <= i <= length and 1 <= j <= length):
+                raise ValueError(f"pair ({i}, {j}) of region {region.region_id} outside 1..{length}")
+            for a, b in ((i, j), (j, i)):
+                old = best[a - 1].get(b)
+                if old is None or ident > old[1]:
+                    best[a - 1][b] = (region.region_id, ident)
+    return [
+        tuple((pos, rid, ident) for pos, (rid, ident) in sorted(entry.items())) for entry in best
+    ]
+
+
+def partner_map(length: int, regions: Sequence[RegionPair]) -> list[tuple[int, ...]]:
+    """Index p-1 -> sorted tuple of the 1-based partner positions of residue p (symmetric,
+    unique, never p itself)."""
+    return [tuple(pos for pos, _, _ in entry) for entry in partner_details(length, regions)]
+
+
+def repeat_residues(length: int, regions: Sequence[RegionPair]) -> np.ndarray:
+    """Boolean mask (index p-1) of residues inside any region span, either copy."""
+    mask = np.zeros(length, dtype=bool)
+    for r in regions:
+        mask[r.start - 1 : r.end] = True
+        mask[r.partner_start - 1 : r.partner_end] = True
+    return mask
+
+
+def region_records(seq_id: str, regions: Sequence[RegionPair]) -> list[Mapping[str, object]]:
+    """One row per region pair with exactly ``REGION_COLUMNS`` (1-based inclusive), for the
+    ``plmscreen repeats`` Parquet output."""
+    return [
+        {
+            "seq_id": seq_id,
+            "region_id": r.region_id,
+            "start": r.start,
+            "end": r.end,
+            "partner_start": r.partner_start,
+            "partner_end": r.partner_end,
+            "identity": r.identity,
+            "score": r.score,
+        }
+        for r in regions
+    ]
