@@ -171,6 +171,11 @@ def repeats(
     typer.echo(f"{len(contents.records)} sequences, {with_repeats} with repeats, {table.num_rows} region pairs -> {out}")
 
 
+from screening.cli_store import register as _register_store_commands  # noqa: E402
+
+_register_store_commands(app)
+
+
 def main() -> None:
     app()
 
