@@ -1,7 +1,7 @@
 """The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit.
 
-Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option);
-3 the output directory already holds a screen; 1 anything unexpected.
+Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option or
+catalog); 4 some shards failed (the others are written; a rerun retries them); 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def screen(
     from screening.metrics import FlagRule
     from screening.model import ModelLoadError
     from screening.scoring import ScoringOptions
-    from screening.screen import OutputExistsError, ScreenSettings, run_screen
+    from schema.catalog import CatalogError
+    from screening.screen import ScreenSettings, run_screen
 
     try:
         settings = ScreenSettings(
@@ -119,8 +120,8 @@ def screen(
         _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", 2)
     except ModelLoadError as exc:
         _fail(str(exc), 2)
-    except OutputExistsError as exc:
-        _fail(str(exc), 3)
+    except CatalogError as exc:
+        _fail(str(exc), 2)
     finally:
         if bar is not None:
             bar.close()

@@ -129,7 +129,7 @@ def build_model(name: str, data: dict, source: str):
         ) from exc
 
 
-def _download(name: str, looked: list[Path]) -> tuple[dict, Path]:
+def _download(name: str, looked: list[Path]) -> dict:
     from esm.pretrained import _download_model_and_regression_data  # noqa: PLC2701 (fair-esm's own download)
 
     try:
@@ -137,7 +137,7 @@ def _download(name: str, looked: list[Path]) -> tuple[dict, Path]:
             model_data, _ = _download_model_and_regression_data(name)
     except Exception as exc:  # network errors come in many types
         raise ModelLoadError(_not_found_message(name, looked, f"fair-esm download failed: {type(exc).__name__}: {exc}")) from exc
-    return model_data, Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+    return model_data
 
 
 def _not_found_message(name: str, looked: list[Path], tail: str) -> str:
@@ -149,6 +149,33 @@ def _not_found_message(name: str, looked: list[Path], tail: str) -> str:
     )
 
 
+def resolve_checkpoint(model: str, weights_dir: str | Path | None = None, allow_download: bool | None = None) -> tuple[str, Path]:
+    """(display name, checkpoint path) for ``model``, without building it; may download a fair-esm model."""
+    if allow_download is None:
+        allow_download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
+    if model in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[model]
+        if not path.is_file():
+            raise ModelLoadError(f"bundled model '{model}' is missing from the installation: {path}")
+        return model, path
+    if model in ESM2_MODELS:
+        looked = candidate_paths(model, weights_dir)
+        found = next((p for p in looked if p.is_file()), None)
+        if found is not None:
+            return model, found
+        if not allow_download:
+            raise ModelLoadError(_not_found_message(model, looked, f"download disabled (${OFFLINE_ENV}=1)"))
+        _download(model, looked)
+        return model, Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
+    if Path(model).suffix == ".pt" or Path(model).exists() or os.sep in model:
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint not found: {path}")
+        return path.stem, path
+    known = ", ".join(list(BUNDLED_MODELS) + list(ESM2_MODELS))
+    raise ModelLoadError(f"unknown model '{model}': not a checkpoint file and not one of {known}")
+
+
 def load_model(
     model: str,
     weights_dir: str | Path | None = None,
@@ -158,30 +185,8 @@ def load_model(
 ) -> LoadedModel:
     """Load ``model`` (bundled name, fair-esm ESM-2 name or checkpoint path) in eval mode."""
     torch_device = resolve_device(device)
-    if allow_download is None:
-        allow_download = os.environ.get(OFFLINE_ENV, "") not in ("1", "true", "yes")
-    if model in BUNDLED_MODELS:
-        path = BUNDLED_MODELS[model]
-        if not path.is_file():
-            raise ModelLoadError(f"bundled model '{model}' is missing from the installation: {path}")
-        data, name = read_checkpoint(path), path.stem
-    elif model in ESM2_MODELS:
-        looked = candidate_paths(model, weights_dir)
-        found = next((p for p in looked if p.is_file()), None)
-        if found is not None:
-            path, data = found, read_checkpoint(found)
-        elif allow_download:
-            data, path = _download(model, looked)
-        else:
-            raise ModelLoadError(_not_found_message(model, looked, f"download disabled (${OFFLINE_ENV}=1)"))
-        name = model
-    elif Path(model).suffix == ".pt" or Path(model).exists() or os.sep in model:
-        path = Path(model)
-        data, name = read_checkpoint(path), path.stem
-    else:
-        known = ", ".join(list(BUNDLED_MODELS) + list(ESM2_MODELS))
-        raise ModelLoadError(f"unknown model '{model}': not a checkpoint file and not one of {known}")
-    esm_model, alphabet = build_model(name, data, str(path))
+    name, path = resolve_checkpoint(model, weights_dir, allow_download)
+    data = read_checkpoint(path)
+    esm_model, alphabet = build_model(path.stem, data, str(path))
     esm_model = esm_model.eval().to(torch_device)
-    display_name = model if model in BUNDLED_MODELS or model in ESM2_MODELS else name
-    return LoadedModel(esm_model, alphabet, display_name, str(path), file_sha256(path), torch_device, max_residues)
+    return LoadedModel(esm_model, alphabet, name, str(path), file_sha256(path), torch_device, max_residues)

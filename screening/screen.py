@@ -1,8 +1,11 @@
-"""A screen on one machine: FASTA → validated records → shards → scores → Parquet.
+"""A screen: FASTA → validated records → shards → scores → Parquet, with the catalog keeping count.
 
-``score_shard`` is the unit later orchestration distributes: records in, three Arrow tables out
-(residues, sequences, repeat region pairs), no I/O. ``run_screen`` reads the input, scores it
-shard by shard with one loaded model and writes each shard's files atomically.
+- ``prepare_run`` validates the input, names the run (input, checkpoint and parameters decide its
+  id), plans shards balanced by cost and registers run and shards in the catalog;
+- ``process_shard`` scores one shard and writes its files atomically, then marks it done; a shard
+  the catalog already has as done is skipped, so a rerun or a recomputed task never duplicates;
+- ``finalize_run`` closes the run in the catalog and collects the flagged sequences.
+``run_screen`` chains them in this process; ``flows/`` runs ``process_shard`` on Dask workers.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import pyarrow as pa
 
 import screening
 from schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
-from screening.fasta import InvalidFastaError, ProteinRecord, read_fasta, write_rejects
+from schema.catalog import Catalog
+from screening.fasta import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
 from screening.metrics import FlagRule, summarize
-from screening.model import LoadedModel, load_model
+from screening.model import ESM2_MAX_RESIDUES, LoadedModel, file_sha256, load_model, resolve_checkpoint
 from screening.output import with_metadata, write_parquet_atomic
 from screening.repeats import RepeatParams, find_repeats, partner_details
 from screening.scoring import Scorer, ScoringOptions, SequenceScores
@@ -49,18 +53,18 @@ class ScreenSettings:
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     repeats: RepeatParams = field(default_factory=RepeatParams)
     flag: FlagRule = field(default_factory=FlagRule)
-    shard_residues: int = 50_000  # residues per output shard
+    shard_tokens: int = 4_000_000  # shard cost budget: Σ L·min(L, window) over its sequences
 
     def __post_init__(self):
-        if self.shard_residues < 1:
-            raise ValueError(f"shard_residues must be positive, got {self.shard_residues}")
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be positive, got {self.shard_tokens}")
 
     def parameters(self) -> dict:
         return {
             "scoring": dataclasses.asdict(self.scoring),
             "repeats": dataclasses.asdict(self.repeats),
             "flag": dataclasses.asdict(self.flag),
-            "shard_residues": self.shard_residues,
+            "shard_tokens": self.shard_tokens,
         }
 
 
@@ -84,6 +88,9 @@ class ScreenSummary:
     rejects_file: Path | None
     seconds: float
     model: dict
+    n_shards: int = 0
+    n_shards_skipped: int = 0  # already done in the catalog (resumed run)
+    failed_shards: list[int] = field(default_factory=list)
 
 
 def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> dict:
@@ -161,19 +168,22 @@ def repeat_table(records: Sequence[ProteinRecord], regions: Sequence[Sequence]) 
     return pa.Table.from_pylist(rows, schema=REPEATS_SCHEMA)
 
 
-def shard_records(records: Sequence[ProteinRecord], max_residues: int) -> list[list[ProteinRecord]]:
-    """Consecutive records grouped to about ``max_residues`` residues each (at least one record)."""
-    shards: list[list[ProteinRecord]] = []
-    current: list[ProteinRecord] = []
-    size = 0
-    for record in records:
-        if current and size + len(record.sequence) > max_residues:
-            shards.append(current)
-            current, size = [], 0
-        current.append(record)
-        size += len(record.sequence)
-    if current:
-        shards.append(current)
+def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
+    """Tokens a sequence costs to score exactly: L masked copies of min(L, window) tokens."""
+    return length * min(length, window)
+
+
+def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive record ranges (first, last; 0-based inclusive) of about ``shard_tokens`` cost each."""
+    shards: list[tuple[int, int]] = []
+    first, cost = 0, 0
+    for index, record in enumerate(records):
+        if index > first and cost + shard_cost(len(record.sequence)) > shard_tokens:
+            shards.append((first, index - 1))
+            first, cost = index, 0
+        cost += shard_cost(len(record.sequence))
+    if records:
+        shards.append((first, len(records) - 1))
     return shards
 
 
@@ -183,19 +193,30 @@ def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettin
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def run_metadata(settings: ScreenSettings, loaded: LoadedModel, input_path: Path | None, input_sha256: str | None, run_id: str) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "plmscreen_version": screening.__version__,
-        "run_id": run_id,
-        "model_name": loaded.name,
-        "checkpoint_sha256": loaded.checkpoint_sha256,
-        "model": loaded.describe(),
-        "input_path": str(input_path) if input_path else None,
-        "input_sha256": input_sha256,
-        "parameters": settings.parameters(),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+@dataclass
+class RunPlan:
+    """A registered run: what every shard task needs to know, small enough to ship to workers."""
+
+    run_id: str
+    store: Path
+    catalog_url: str | None
+    settings: ScreenSettings
+    model_name: str
+    checkpoint_sha256: str
+    input_path: Path
+    input_sha256: str
+    records: list[ProteinRecord]
+    rejects: list[RejectedRecord]
+    shards: list[tuple[int, int]]
+    metadata: dict
+    rejects_file: Path | None = None
+
+    def shard_records(self, index: int) -> list[ProteinRecord]:
+        first, last = self.shards[index]
+        return self.records[first : last + 1]
+
+    def open_catalog(self) -> Catalog:
+        return Catalog.open(self.catalog_url, self.store)
 
 
 def write_shard(tables: ShardTables, store: Path, model_name: str, run_id: str, shard: int, metadata: dict) -> list[Path]:
@@ -206,19 +227,137 @@ def write_shard(tables: ShardTables, store: Path, model_name: str, run_id: str, 
     ]
 
 
-class OutputExistsError(FileExistsError):
-    pass
+def delete_run_files(store: Path, model_name: str, run_id: str) -> None:
+    import shutil
+
+    for kind in TABLES:
+        shutil.rmtree(run_dir(store, kind, model_name, run_id), ignore_errors=True)
+    shutil.rmtree(Path(store) / "runs" / run_id, ignore_errors=True)
 
 
-def _check_run_absent(store: Path, model_name: str, run_id: str, overwrite: bool) -> None:
-    existing = [p for kind in TABLES for p in run_dir(store, kind, model_name, run_id).glob("*.parquet")]
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{store} already holds run {run_id} (same input, model and parameters: {len(existing)} files); "
-            "pass --overwrite to redo it"
-        )
-    for path in existing:
-        path.unlink()
+def prepare_run(
+    input_path: str | Path,
+    store: str | Path,
+    settings: ScreenSettings = ScreenSettings(),
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    catalog_url: str | None = None,
+) -> RunPlan:
+    """Validate the input, name the run, plan its shards and register them (idempotent)."""
+    input_path, store = Path(input_path), Path(store)
+    contents = read_fasta(input_path)
+    if contents.rejects and not skip_invalid:
+        raise InvalidFastaError(input_path, contents.rejects)
+    model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
+    checkpoint_sha256 = file_sha256(checkpoint)
+    run_id = run_id_for(contents.sha256, checkpoint_sha256, settings)
+    store.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "plmscreen_version": screening.__version__,
+        "run_id": run_id,
+        "model_name": model_name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_path": str(checkpoint),
+        "input_path": str(input_path),
+        "input_sha256": contents.sha256,
+        "parameters": settings.parameters(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
+                   contents.records, contents.rejects, plan_shards(contents.records, settings.shard_tokens), metadata)
+    with plan.open_catalog() as catalog:
+        if overwrite:
+            catalog.delete_run(run_id)
+            delete_run_files(store, model_name, run_id)
+        info_dir = store / "runs" / run_id
+        info_dir.mkdir(parents=True, exist_ok=True)
+        if contents.rejects:
+            plan.rejects_file = info_dir / "rejects.tsv"
+            write_rejects(contents.rejects, plan.rejects_file)
+        catalog.register_run(run_id, input_path=input_path, input_sha256=contents.sha256, model_name=model_name,
+                             checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
+                             plmscreen_version=screening.__version__, store_path=store)
+        catalog.add_shards(run_id, [
+            (index, first, last, [(r.seq_id, r.sha256) for r in contents.records[first : last + 1]])
+            for index, (first, last) in enumerate(plan.shards)
+        ])
+        # Claims left "running" by a killed earlier attempt are free again.
+        catalog.reset_running(run_id)
+    return plan
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """What a shard task returns: small, never arrays."""
+
+    shard: int
+    n_sequences: int
+    n_residues: int
+    n_flagged: int
+    files: tuple[str, ...]
+    seconds: float
+    skipped: bool  # already done in the catalog
+
+
+def process_shard(
+    scorer: Scorer,
+    plan: RunPlan,
+    shard: int,
+    catalog: Catalog,
+    on_sequence_done: Callable[[ProteinRecord], None] | None = None,
+) -> ShardManifest:
+    """Score one shard and write its files, unless the catalog already has it done."""
+    records = plan.shard_records(shard)
+    n_residues = sum(len(r.sequence) for r in records)
+    state = next(s for s in catalog.shards(plan.run_id) if s.index == shard)
+    if state.status == "done":
+        return ShardManifest(shard, len(records), n_residues, -1, tuple(state.output_files), 0.0, True)
+    # stale_after=0: the flow is the only dispatcher, so a "running" claim here is a dead attempt's.
+    catalog.claim_shard(plan.run_id, shard, stale_after=0)
+    started = time.perf_counter()
+    try:
+        tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done)
+        files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
+    except Exception as exc:
+        catalog.mark_shard_failed(plan.run_id, shard, f"{type(exc).__name__}: {exc}")
+        raise
+    seconds = time.perf_counter() - started
+    catalog.mark_shard_done(plan.run_id, shard, [str(f) for f in files], seconds)
+    n_flagged = sum(tables.sequences.column("flagged").to_pylist())
+    return ShardManifest(shard, len(records), n_residues, n_flagged, tuple(str(f) for f in files), seconds, False)
+
+
+def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequence[int], seconds: float, model: dict) -> ScreenSummary:
+    """Close the run in the catalog and gather its flagged sequences from the written shards."""
+    import pyarrow.parquet as pq
+
+    with plan.open_catalog() as catalog:
+        catalog.finish_run(plan.run_id, "failed" if failed else "done")
+    flagged: list[dict] = []
+    files = sorted(run_dir(plan.store, "sequences", plan.model_name, plan.run_id).glob("part-*.parquet"))
+    for path in files:
+        flagged += [row for row in pq.read_table(path).to_pylist() if row["flagged"]]
+    summary = ScreenSummary(
+        out_dir=plan.store,
+        run_id=plan.run_id,
+        n_input=len(plan.records) + sum(1 for r in plan.rejects if r.record_number > 0),
+        n_scored=sum(m.n_sequences for m in manifests),
+        n_rejected=len(plan.rejects),
+        n_residues=sum(m.n_residues for m in manifests),
+        flagged=sorted(flagged, key=lambda row: -row["inflation_factor"]),
+        files=[Path(f) for m in manifests for f in m.files],
+        rejects_file=plan.rejects_file,
+        seconds=seconds,
+        model=model,
+        n_shards=len(plan.shards),
+        n_shards_skipped=sum(m.skipped for m in manifests),
+        failed_shards=list(failed),
+    )
+    run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
+                "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
+    (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
+    return summary
 
 
 def run_screen(
@@ -230,45 +369,18 @@ def run_screen(
     loaded: LoadedModel | None = None,
     on_sequence_done: Callable[[ProteinRecord], None] | None = None,
     on_start: Callable[[list[ProteinRecord]], None] | None = None,
+    catalog_url: str | None = None,
 ) -> ScreenSummary:
-    """Screen a FASTA file into ``out_dir``; invalid records abort it unless ``skip_invalid``."""
+    """Screen a FASTA file into the store ``out_dir`` in this process; a rerun resumes the same run."""
     started = time.perf_counter()
-    input_path, out_dir = Path(input_path), Path(out_dir)
-    contents = read_fasta(input_path)
-    if contents.rejects and not skip_invalid:
-        raise InvalidFastaError(input_path, contents.rejects)
-    if loaded is None:
-        loaded = load_model(settings.model, settings.weights_dir, settings.device)
-    run_id = run_id_for(contents.sha256, loaded.checkpoint_sha256, settings)
-    _check_run_absent(out_dir, loaded.name, run_id, overwrite)
-    info_dir = out_dir / "runs" / run_id
-    info_dir.mkdir(parents=True, exist_ok=True)
-    rejects_file = None
-    if contents.rejects:
-        rejects_file = info_dir / "rejects.tsv"
-        write_rejects(contents.rejects, rejects_file)
-    scorer = Scorer(loaded, settings.scoring)
-    metadata = run_metadata(settings, loaded, input_path, contents.sha256, run_id)
-    if on_start is not None:
-        on_start(contents.records)
-    files: list[Path] = []
-    flagged: list[dict] = []
-    for shard, records in enumerate(shard_records(contents.records, settings.shard_residues)):
-        tables = score_shard(scorer, records, settings.repeats, settings.flag, on_sequence_done)
-        files += write_shard(tables, out_dir, loaded.name, run_id, shard, metadata)
-        flagged += [row for row in tables.sequences.to_pylist() if row["flagged"]]
-    summary = ScreenSummary(
-        out_dir=out_dir,
-        run_id=run_id,
-        n_input=len(contents.records) + sum(1 for r in contents.rejects if r.record_number > 0),
-        n_scored=len(contents.records),
-        n_rejected=len(contents.rejects),
-        n_residues=sum(len(r.sequence) for r in contents.records),
-        flagged=sorted(flagged, key=lambda row: -row["inflation_factor"]),
-        files=files,
-        rejects_file=rejects_file,
-        seconds=time.perf_counter() - started,
-        model=loaded.describe(),
-    )
-    (info_dir / "run.json").write_text(json.dumps({**metadata, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected}, indent=2))
-    return summary
+    plan = prepare_run(input_path, out_dir, settings, skip_invalid, overwrite, catalog_url)
+    with plan.open_catalog() as catalog:
+        pending = {s.index for s in catalog.pending_shards(plan.run_id)}
+        if pending and loaded is None:
+            loaded = load_model(settings.model, settings.weights_dir, settings.device)
+        model = loaded.describe() if loaded is not None else {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256}
+        if on_start is not None:
+            on_start([r for i in sorted(pending) for r in plan.shard_records(i)])
+        scorer = Scorer(loaded, settings.scoring) if loaded is not None else None
+        manifests = [process_shard(scorer, plan, shard, catalog, on_sequence_done) for shard in range(len(plan.shards))]
+    return finalize_run(plan, manifests, [], time.perf_counter() - started, model)

@@ -105,24 +105,33 @@ def test_doubled_protein_gets_partners_across_copies(screen_out):
     assert {(r["seq_id"], r["start"], r["end"], r["partner_start"], r["partner_end"]) for r in regions} >= {("doubled", 1, n, n + 1, 2 * n)}
 
 
-def test_existing_output_is_not_overwritten_silently(screen_out, tiny_checkpoint, tmp_path):
+def test_rerun_resumes_the_same_run_without_rewriting(screen_out, tiny_checkpoint, tmp_path):
     import shutil
 
-    fasta, shared_out, _ = screen_out
+    fasta, shared_out, first_summary = screen_out
     out = tmp_path / "store"
     shutil.copytree(shared_out, out)
-    from screening.screen import OutputExistsError
-
-    before = (part(out, "sequences")).read_bytes()
-    with pytest.raises(OutputExistsError, match="--overwrite"):
-        run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"))
-    assert (part(out, "sequences")).read_bytes() == before
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("part-*.parquet")}
+    again = run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"))
+    assert again.run_id == first_summary.run_id
+    assert again.n_shards_skipped == again.n_shards == 1
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("part-*.parquet")} == before
+    assert [r["seq_id"] for r in again.flagged] == [r["seq_id"] for r in first_summary.flagged]
+    # --overwrite redoes the run: same files, same numbers.
+    redone = run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"), overwrite=True)
+    assert redone.n_shards_skipped == 0
+    np.testing.assert_allclose(pq.read_table(part(out, "residues")).column("logp_masked").to_numpy(),
+                               pq.read_table(part(shared_out, "residues")).column("logp_masked").to_numpy(), atol=1e-6)
+    # Different parameters are a different run: it lands beside the first, which stays untouched.
+    other = run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu", flag=FlagRule(min_inflation_factor=2.0)))
+    runs = sorted(p.name for p in (out / "sequences" / "model=esm2_t2_tiny_test").iterdir())
+    assert runs == sorted([f"run={other.run_id}", f"run={first_summary.run_id}"])
 
 
 def test_shards_split_the_input_without_loss(tmp_path, tiny_checkpoint, screen_out):
     fasta, out_one, _ = screen_out
     out = tmp_path / "sharded"
-    run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_residues=100))
+    run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=10_000))
     parts = sorted((out / "sequences").glob("model=*/run=*/part-*.parquet"))
     assert len(parts) == 3
     ids = [i for p in parts for i in pq.read_table(p).column("seq_id").to_pylist()]
