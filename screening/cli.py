@@ -58,6 +58,33 @@ def _format_flagged(rows: list[dict], limit: int = 50) -> str:
     return "\n".join(lines)
 
 
+def _print_summary(summary: dict) -> None:
+    rate = summary["n_residues"] / summary["seconds"] if summary["seconds"] else 0.0
+    resumed = f", {summary['n_shards_skipped']} of {summary['n_shards']} shards already done" if summary["n_shards_skipped"] else ""
+    typer.echo(
+        f"Screened {summary['n_scored']} sequences ({summary['n_residues']} residues) with {summary['model']['model_name']} "
+        f"in {summary['seconds']:.1f} s ({rate:.0f} residues/s{resumed}); {summary['n_rejected']} rejected; "
+        f"{len(summary['flagged'])} flagged."
+    )
+    typer.echo(f"Run {summary['run_id']}: {summary['store']}/{{residues,sequences,repeats}}/model=*/run={summary['run_id']}/")
+    if summary["rejects_file"]:
+        typer.echo(f"Rejected records: {summary['rejects_file']}")
+    if summary["failed_shards"]:
+        typer.echo(f"FAILED shards {summary['failed_shards']}: their sequences are missing; rerun the same command to retry them.")
+    typer.echo("")
+    typer.echo("Flagged sequences (repeat-inflated pseudo-likelihoods), most inflated first:")
+    typer.echo(_format_flagged(summary["flagged"]))
+
+
+def _quiet_orchestration_logs() -> None:
+    """Prefect's own logs stay; Dask's per-connection INFO chatter does not (workers inherit this)."""
+    import os
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 @app.command()
 def screen(
     input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
@@ -70,18 +97,28 @@ def screen(
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
+    shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences.")] = 4_000_000,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: a dask-cuda worker per GPU (needs plmscreen[gpu]).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
+    catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (--in-process).")] = True,
 ) -> None:
-    """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences."""
+    """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences.
+
+    By default the screen is a Prefect flow whose shards run on a local Dask cluster; rerunning
+    the same command resumes it from the catalog.
+    """
     from tqdm import tqdm
 
-    from screening.fasta import InvalidFastaError
-    from screening.metrics import FlagRule
-    from screening.model import ModelLoadError
-    from screening.scoring import ScoringOptions
     from schema.catalog import CatalogError
+    from screening.fasta import InvalidFastaError, read_fasta
+    from screening.metrics import FlagRule
+    from screening.model import ModelLoadError, resolve_checkpoint
+    from screening.scoring import ScoringOptions
     from screening.screen import ScreenSettings, run_screen
 
     try:
@@ -91,9 +128,41 @@ def screen(
             device=device,
             scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
             flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
+            shard_tokens=shard_tokens,
         )
+        if not in_process:
+            from flows.clusters import task_runner
+
+            runner = task_runner(workers, gpus, scheduler)
+        # Input and model are checked here, before any cluster starts.
+        contents = read_fasta(input)
+        if contents.rejects and not skip_invalid:
+            raise InvalidFastaError(input, contents.rejects)
+        resolve_checkpoint(model, settings.weights_dir)
     except ValueError as exc:
+        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid." if isinstance(exc, InvalidFastaError) else str(exc), 2)
+    except FileNotFoundError as exc:
         _fail(str(exc), 2)
+    except ModelLoadError as exc:
+        _fail(str(exc), 2)
+
+    if not in_process:
+        _quiet_orchestration_logs()
+        from flows.screen import screen_proteome
+
+        try:
+            summary = screen_proteome.with_options(task_runner=runner)(
+                input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
+                batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy, shard_tokens=shard_tokens,
+                min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction,
+                skip_invalid=skip_invalid, overwrite=overwrite, catalog_url=catalog,
+            )
+        except CatalogError as exc:
+            _fail(str(exc), 2)
+        _print_summary(summary)
+        if summary["failed_shards"]:
+            raise typer.Exit(4)
+        return
 
     bar = None
 
@@ -115,29 +184,13 @@ def screen(
 
     try:
         summary = run_screen(input, out, settings, skip_invalid=skip_invalid, overwrite=overwrite,
-                             on_start=on_start, on_sequence_done=on_sequence_done)
-    except (InvalidFastaError, FileNotFoundError) as exc:
-        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", 2)
-    except ModelLoadError as exc:
-        _fail(str(exc), 2)
-    except CatalogError as exc:
+                             on_start=on_start, on_sequence_done=on_sequence_done, catalog_url=catalog)
+    except (ModelLoadError, CatalogError) as exc:
         _fail(str(exc), 2)
     finally:
         if bar is not None:
             bar.close()
-
-    rate = summary.n_residues / summary.seconds if summary.seconds else 0.0
-    typer.echo(
-        f"Screened {summary.n_scored} sequences ({summary.n_residues} residues) with {summary.model['model_name']} "
-        f"in {summary.seconds:.1f} s ({rate:.0f} residues/s); {summary.n_rejected} rejected; "
-        f"{len(summary.flagged)} flagged."
-    )
-    typer.echo(f"Run {summary.run_id}: {summary.out_dir}/{{residues,sequences,repeats}}/model=*/run={summary.run_id}/")
-    if summary.rejects_file:
-        typer.echo(f"Rejected records: {summary.rejects_file}")
-    typer.echo("")
-    typer.echo("Flagged sequences (repeat-inflated pseudo-likelihoods), most inflated first:")
-    typer.echo(_format_flagged(summary.flagged))
+    _print_summary(summary.as_dict())
 
 
 @app.command()

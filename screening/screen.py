@@ -92,6 +92,24 @@ class ScreenSummary:
     n_shards_skipped: int = 0  # already done in the catalog (resumed run)
     failed_shards: list[int] = field(default_factory=list)
 
+    def as_dict(self) -> dict:
+        """Plain values only: what a flow returns and the CLI prints."""
+        return {
+            "run_id": self.run_id,
+            "store": str(self.out_dir),
+            "n_input": self.n_input,
+            "n_scored": self.n_scored,
+            "n_rejected": self.n_rejected,
+            "n_residues": self.n_residues,
+            "n_shards": self.n_shards,
+            "n_shards_skipped": self.n_shards_skipped,
+            "failed_shards": list(self.failed_shards),
+            "flagged": self.flagged,
+            "rejects_file": str(self.rejects_file) if self.rejects_file else None,
+            "seconds": self.seconds,
+            "model": self.model,
+        }
+
 
 def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> dict:
     length = len(record.sequence)
@@ -207,13 +225,20 @@ class RunPlan:
     input_sha256: str
     records: list[ProteinRecord]
     rejects: list[RejectedRecord]
-    shards: list[tuple[int, int]]
+    shards: dict[int, tuple[int, int]]  # shard index -> (first, last) record, 0-based inclusive
     metadata: dict
     rejects_file: Path | None = None
+    records_offset: int = 0  # index of records[0] in the input (non-zero in a one-shard slice)
 
     def shard_records(self, index: int) -> list[ProteinRecord]:
         first, last = self.shards[index]
-        return self.records[first : last + 1]
+        return self.records[first - self.records_offset : last - self.records_offset + 1]
+
+    def for_shard(self, index: int) -> RunPlan:
+        """The plan cut down to one shard's records: what a worker task needs, nothing more."""
+        first, _ = self.shards[index]
+        return dataclasses.replace(self, records=self.shard_records(index), rejects=[],
+                                   shards={index: self.shards[index]}, records_offset=first)
 
     def open_catalog(self) -> Catalog:
         return Catalog.open(self.catalog_url, self.store)
@@ -265,7 +290,7 @@ def prepare_run(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
-                   contents.records, contents.rejects, plan_shards(contents.records, settings.shard_tokens), metadata)
+                   contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_tokens))), metadata)
     with plan.open_catalog() as catalog:
         if overwrite:
             catalog.delete_run(run_id)
@@ -280,7 +305,7 @@ def prepare_run(
                              plmscreen_version=screening.__version__, store_path=store)
         catalog.add_shards(run_id, [
             (index, first, last, [(r.seq_id, r.sha256) for r in contents.records[first : last + 1]])
-            for index, (first, last) in enumerate(plan.shards)
+            for index, (first, last) in plan.shards.items()
         ])
         # Claims left "running" by a killed earlier attempt are free again.
         catalog.reset_running(run_id)
@@ -382,5 +407,5 @@ def run_screen(
         if on_start is not None:
             on_start([r for i in sorted(pending) for r in plan.shard_records(i)])
         scorer = Scorer(loaded, settings.scoring) if loaded is not None else None
-        manifests = [process_shard(scorer, plan, shard, catalog, on_sequence_done) for shard in range(len(plan.shards))]
+        manifests = [process_shard(scorer, plan, shard, catalog, on_sequence_done) for shard in plan.shards]
     return finalize_run(plan, manifests, [], time.perf_counter() - started, model)

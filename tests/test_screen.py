@@ -144,7 +144,7 @@ def test_shards_split_the_input_without_loss(tmp_path, tiny_checkpoint, screen_o
 def test_cli_screen_prints_summary_and_flagged_table(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(FASTA)
-    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
+    result = _run_cli("screen", str(fasta), "--in-process", "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
                       "--device", "cpu", "--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.5")
     assert result.returncode == 0, result.stderr
     assert "Screened 3 sequences (237 residues)" in result.stdout
@@ -163,7 +163,7 @@ def test_cli_invalid_input_scores_nothing_and_fails(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "bad.fasta"
     fasta.write_text(FASTA + ">broken\nMK1V\n>single\nMKV\n")
     out = tmp_path / "o"
-    result = _run_cli("screen", str(fasta), "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu")
+    result = _run_cli("screen", str(fasta), "--in-process", "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu")
     assert result.returncode == 2
     assert "record 4 'broken': invalid residue '1' at position 3" in result.stderr
     assert "record 5 'single': duplicate ID (first seen at record 1)" in result.stderr
@@ -174,7 +174,7 @@ def test_cli_skip_invalid_writes_rejects_and_goes_on(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "bad.fasta"
     fasta.write_text(FASTA + ">broken\nMK1V\n")
     out = tmp_path / "o"
-    result = _run_cli("screen", str(fasta), "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu",
+    result = _run_cli("screen", str(fasta), "--in-process", "--out", str(out), "--model", str(tiny_checkpoint), "--device", "cpu",
                       "--skip-invalid", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "1 rejected" in result.stdout
@@ -188,7 +188,7 @@ def test_cli_skip_invalid_writes_rejects_and_goes_on(tmp_path, tiny_checkpoint):
 def test_cli_missing_model_is_one_clear_error(tmp_path):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(FASTA)
-    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", "esm2_t6_8M_UR50D",
+    result = _run_cli("screen", str(fasta), "--in-process", "--out", str(tmp_path / "o"), "--model", "esm2_t6_8M_UR50D",
                       "--weights-dir", str(tmp_path), "--device", "cpu")
     assert result.returncode == 2
     assert "model 'esm2_t6_8M_UR50D' not found" in result.stderr
@@ -199,7 +199,7 @@ def test_cli_missing_model_is_one_clear_error(tmp_path):
 def test_cli_bad_option_is_refused(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(FASTA)
-    result = _run_cli("screen", str(fasta), "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint), "--precision", "fp8")
+    result = _run_cli("screen", str(fasta), "--in-process", "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint), "--precision", "fp8")
     assert result.returncode == 2 and "precision must be one of" in result.stderr
 
 

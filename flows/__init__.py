@@ -1,0 +1,1 @@
+"""Prefect flows over ``screening``: orchestration only, no scoring code here."""

@@ -1,0 +1,149 @@
+"""The ``screen-proteome`` flow: one Prefect task per shard on a Dask cluster, the catalog keeping count.
+
+The flow process reads and validates the input, registers the run and its shards, submits the
+shards the catalog does not have as done, and closes the run. Each task runs on a Dask worker:
+it loads the model once per worker process, scores its shard, writes the shard's Parquet
+atomically and marks it done, returning a small manifest. A shard whose task is recomputed after
+a worker died (prefect#15442) finds itself done in the catalog and is skipped, so nothing is
+written twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from screening.metrics import FlagRule
+from screening.scoring import Scorer, ScoringOptions
+from screening.screen import RunPlan, ScreenSettings, ScreenSummary, ShardManifest, finalize_run, prepare_run, process_shard
+
+SHARD_RETRIES = 2
+
+# One loaded model per worker process and settings: tasks on the same worker share it.
+_SCORERS: dict[tuple, Scorer] = {}
+
+
+def worker_scorer(settings: ScreenSettings, torch_threads: int | None) -> Scorer:
+    import torch
+
+    from screening.model import load_model
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    key = (settings.model, settings.weights_dir, settings.device, settings.scoring)
+    if key not in _SCORERS:
+        _SCORERS[key] = Scorer(load_model(settings.model, settings.weights_dir, settings.device), settings.scoring)
+    return _SCORERS[key]
+
+
+@task(name="score-shard", retries=SHARD_RETRIES, retry_delay_seconds=2, task_run_name="{plan.run_id}/shard-{shard}")
+def score_shard_task(plan: RunPlan, shard: int, torch_threads: int | None = None) -> ShardManifest:
+    first, last = plan.shards[shard]
+    get_run_logger().info("shard %d: records %d..%d (%d sequences)", shard, first, last, last - first + 1)
+    with plan.open_catalog() as catalog:
+        return process_shard(worker_scorer(plan.settings, torch_threads), plan, shard, catalog)
+
+
+def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
+    lines = [
+        f"# plmscreen run `{summary.run_id}`",
+        "",
+        f"{summary.n_scored} sequences, {summary.n_residues} residues, {len(summary.flagged)} flagged, "
+        f"{summary.n_rejected} rejected; {summary.n_shards} shards ({summary.n_shards_skipped} already done).",
+        "",
+        "| seq_id | length | pppl | pppl_ablated | inflation_factor | repeat_fraction |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in summary.flagged[:50]:
+        lines.append(
+            f"| {row['seq_id']} | {row['length']} | {row['pppl']:.2f} | {row['pppl_ablated']:.2f} | "
+            f"{row['inflation_factor']:.3f} | {row['repeat_fraction']:.2f} |"
+        )
+    if summary.failed_shards:
+        lines += ["", f"**Failed shards** (rerun the same command to retry): {summary.failed_shards}"]
+    lines += ["", report_hint]
+    return "\n".join(lines)
+
+
+@flow(name="screen-proteome", flow_run_name="screen {input}")
+def screen_proteome(
+    input: str,
+    store: str,
+    model: str = "plmscreen-mini",
+    weights_dir: str | None = None,
+    device: str = "auto",
+    batch_tokens: int = 16384,
+    precision: str = "fp32",
+    masks_per_copy: int = 1,
+    shard_tokens: int = 4_000_000,
+    min_inflation_factor: float = FlagRule.min_inflation_factor,
+    min_repeat_fraction: float = FlagRule.min_repeat_fraction,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    catalog_url: str | None = None,
+    torch_threads: int | None = None,
+) -> dict:
+    """Screen ``input`` into ``store``; rerunning the same screen resumes it."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    settings = ScreenSettings(
+        model=model,
+        weights_dir=weights_dir,
+        device=device,
+        scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
+        flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
+        shard_tokens=shard_tokens,
+    )
+    plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url)
+    with plan.open_catalog() as catalog:
+        pending = [s.index for s in catalog.pending_shards(plan.run_id)]
+    done_before = len(plan.shards) - len(pending)
+    logger.info(
+        "run %s: %d sequences in %d shards, %d to score (%d rejected records)",
+        plan.run_id, len(plan.records), len(plan.shards), len(pending), len(plan.rejects),
+    )
+    progress = create_progress_artifact(
+        progress=100.0 * done_before / max(1, len(plan.shards)),
+        key=f"shards-{plan.run_id}",
+        description=f"Shards done of run {plan.run_id}",
+    )
+    futures = [score_shard_task.submit(plan.for_shard(i), i, torch_threads) for i in pending]
+    manifests: list[ShardManifest] = []
+    failed: list[int] = []
+    skipped = [ShardManifest(i, plan.shards[i][1] - plan.shards[i][0] + 1,
+                             sum(len(r.sequence) for r in plan.shard_records(i)), -1, (), 0.0, True)
+               for i in plan.shards if i not in pending]
+    shard_of = {f.task_run_id: i for f, i in zip(futures, pending)}
+    for future in as_completed(futures):
+        outcome = future.result(raise_on_failure=False)
+        if isinstance(outcome, ShardManifest):
+            manifest = outcome
+            manifests.append(manifest)
+            logger.info("shard %d done: %d sequences in %.1f s", manifest.shard, manifest.n_sequences, manifest.seconds)
+        else:
+            shard = shard_of[future.task_run_id]
+            failed.append(shard)
+            logger.error("shard %d failed after %d attempts: %s", shard, SHARD_RETRIES + 1, outcome)
+        update_progress_artifact(progress, 100.0 * (done_before + len(manifests)) / max(1, len(plan.shards)))
+    summary = finalize_run(plan, skipped + sorted(manifests, key=lambda m: m.shard), sorted(failed),
+                           time.perf_counter() - started, {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256})
+    _refresh_views(plan.store, logger)
+    report_hint = f"Report: `plmscreen report {plan.store} --run {plan.run_id} --out report.html`"
+    create_markdown_artifact(_flagged_markdown(summary, report_hint), key=f"flagged-{plan.run_id}",
+                             description=f"Flagged sequences of run {plan.run_id}")
+    return summary.as_dict()
+
+
+def _refresh_views(store: Path, logger) -> None:
+    """Rebuild the store's DuckDB views so SQL sees the new run."""
+    from screening import store as store_module
+
+    refresh = getattr(store_module, "refresh_views", None)
+    if refresh is not None:
+        refresh(store)
+    else:
+        logger.warning("screening.store has no refresh_views: DuckDB views not refreshed")
