@@ -7,6 +7,26 @@ import os
 from prefect_dask import DaskTaskRunner
 
 
+def local_cuda_cluster(**kwargs):
+    """dask-cuda's LocalCUDACluster, imported only when a GPU cluster is really started."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise RuntimeError("GPU screens need dask-cuda: pip install 'plmscreen[gpu]'") from exc
+    return LocalCUDACluster(**kwargs)
+
+
+def gpu_task_runner(gpus: int | None = None) -> DaskTaskRunner:
+    """One dask-cuda worker per GPU (all visible GPUs when ``gpus`` is None), one task at a time each.
+
+    dask-cuda pins CUDA_VISIBLE_DEVICES per worker, so CUDA is first initialised inside the
+    workers, never in the flow process."""
+    kwargs = {"threads_per_worker": 1}
+    if gpus:
+        kwargs["n_workers"] = gpus
+    return DaskTaskRunner(cluster_class=local_cuda_cluster, cluster_kwargs=kwargs)
+
+
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -23,12 +43,7 @@ def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: 
     if scheduler:
         return DaskTaskRunner(address=scheduler)
     if gpus:
-        # One worker per GPU and one task per worker; dask-cuda pins CUDA_VISIBLE_DEVICES per worker,
-        # so CUDA is first initialised inside the workers, never in the flow process.
-        return DaskTaskRunner(
-            cluster_class="dask_cuda.LocalCUDACluster",
-            cluster_kwargs={"n_workers": gpus, "threads_per_worker": 1},
-        )
+        return gpu_task_runner(gpus)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={

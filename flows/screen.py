@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from flows.clusters import task_runner
 from screening.metrics import FlagRule
 from screening.scoring import Scorer, ScoringOptions
 from screening.screen import RunPlan, ScreenSettings, ScreenSummary, ShardManifest, finalize_run, prepare_run, process_shard
@@ -69,7 +70,8 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
     return "\n".join(lines)
 
 
-@flow(name="screen-proteome", flow_run_name="screen {input}")
+# Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
+@flow(name="screen-proteome", flow_run_name="screen {input}", task_runner=task_runner())
 def screen_proteome(
     input: str,
     store: str,
@@ -131,19 +133,7 @@ def screen_proteome(
         update_progress_artifact(progress, 100.0 * (done_before + len(manifests)) / max(1, len(plan.shards)))
     summary = finalize_run(plan, skipped + sorted(manifests, key=lambda m: m.shard), sorted(failed),
                            time.perf_counter() - started, {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256})
-    _refresh_views(plan.store, logger)
     report_hint = f"Report: `plmscreen report {plan.store} --run {plan.run_id} --out report.html`"
     create_markdown_artifact(_flagged_markdown(summary, report_hint), key=f"flagged-{plan.run_id}",
                              description=f"Flagged sequences of run {plan.run_id}")
     return summary.as_dict()
-
-
-def _refresh_views(store: Path, logger) -> None:
-    """Rebuild the store's DuckDB views so SQL sees the new run."""
-    from screening import store as store_module
-
-    refresh = getattr(store_module, "refresh_views", None)
-    if refresh is not None:
-        refresh(store)
-    else:
-        logger.warning("screening.store has no refresh_views: DuckDB views not refreshed")

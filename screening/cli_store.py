@@ -1,7 +1,205 @@
-"""Store commands (query, flagged, report): registered on the main CLI by ``register``."""
+"""Store commands (query, flagged, report, runs): registered on the main CLI by ``register``.
+
+Exit codes as in ``screening.cli``: 0 success; 2 a refused or failing query, a missing store or
+run, a bad option; 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+StoreArg = Annotated[Path, typer.Argument(help="Store directory (the --out of plmscreen screen).")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv, json or parquet (parquet needs --out).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result to this file instead of stdout.")]
+CatalogOpt = Annotated[Optional[str], typer.Option(
+    "--catalog", envvar="PLMSCREEN_CATALOG",
+    help="Catalog URL (postgresql://...); default STORE/catalog.sqlite when it exists.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"plmscreen: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            _fail(f"--param needs NAME=VALUE, got {pair!r}")
+        params[name.strip()] = value
+    return params
+
+
+def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str, str],
+               fmt: OutputFormat, out: Path | None) -> None:
+    from screening import store as st
+
+    try:
+        if name is not None:
+            table = st.query_named(store, name, params)
+        else:
+            table = st.query(store, sql)
+        st.write_result(table, fmt.value, out)
+    except st.QueryRefused as exc:
+        _fail(f"refused: {exc}")
+    except st.QueryError as exc:
+        _fail(f"query failed: {exc}")
+    except st.StoreError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+
+
+def _open_catalog(store: Path, url: str | None):
+    """The catalog named by ``url``, or STORE/catalog.sqlite if it exists, else None."""
+    from schema.catalog import CATALOG_FILENAME, Catalog, CatalogError
+
+    if url is None and not (store / CATALOG_FILENAME).exists():
+        return None
+    try:
+        return Catalog.open(url, store)
+    except CatalogError as exc:
+        _fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     """Add the store commands to ``app``."""
+
+    @app.command("query")
+    def query_cmd(
+        store: StoreArg,
+        sql: Annotated[Optional[str], typer.Argument(help="One SELECT over the views (residues, sequences, repeats, repeat_regions, flagged, runs).")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run a named query instead (see --list).")] = None,
+        param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="NAME=VALUE for the named query; repeatable.")] = None,
+        fmt: FormatOpt = OutputFormat.table,
+        out: OutOpt = None,
+        list_queries: Annotated[bool, typer.Option("--list", help="List the named queries and their parameters.")] = False,
+    ) -> None:
+        """Query a store read-only with SQL (DuckDB dialect) or a named query."""
+        from screening import store as st
+
+        if list_queries:
+            for q in st.named_queries().values():
+                typer.echo(f"{q.usage()}\n    {q.description}")
+                for p in q.params:
+                    default = "required" if p.required else f"default {p.default}"
+                    typer.echo(f"    {p.name} ({p.type.lower()}, {default}): {p.help}")
+            return
+        if (sql is None) == (name is None):
+            _fail("give either SQL or --name NAME (see --list)")
+        if param and name is None:
+            _fail("--param goes with --name; put values into the SQL itself")
+        _run_query(store, sql, name, _parse_params(param or []), fmt, out)
+
+    @app.command("flagged")
+    def flagged_cmd(
+        store: StoreArg,
+        run: Annotated[Optional[str], typer.Option("--run", help="Only this run (default: every run).")] = None,
+        fmt: FormatOpt = OutputFormat.table,
+        out: OutOpt = None,
+    ) -> None:
+        """Flagged sequences, most inflated first, with their repeat regions (query --name flagged)."""
+        _run_query(store, None, "flagged", {} if run is None else {"run": run}, fmt, out)
+
+    @app.command("report")
+    def report_cmd(
+        store: StoreArg,
+        out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
+        run: Annotated[Optional[str], typer.Option("--run", help="Run to report (default: the most recent).")] = None,
+        max_sequences: Annotated[int, typer.Option(help="Per-residue tracks for at most this many flagged sequences.")] = 25,
+    ) -> None:
+        """Write a self-contained HTML report: run summary, flagged table, histogram, residue tracks."""
+        from screening import store as st
+        from screening.report import write_report
+
+        try:
+            info = write_report(store, out, run=run, max_sequences=max_sequences)
+        except st.StoreError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"cannot write {out}: {exc.strerror or exc}")
+        typer.echo(f"Report on run {info['run']} ({info['n_flagged']} flagged of {info['n_sequences']} sequences): {out}")
+
+    runs_app = typer.Typer(help="List or delete the runs of a store.", no_args_is_help=True)
+    app.add_typer(runs_app, name="runs")
+
+    @runs_app.command("list")
+    def runs_list(store: StoreArg, catalog: CatalogOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+        """Runs in the store (from run.json and the Parquet files) with their catalog status."""
+        import pyarrow as pa
+
+        from screening import store as st
+
+        try:
+            ids = st.store_runs(store)
+            summary = {r["run"]: r for r in st.query_named(store, "run_summary").to_pylist()}
+        except st.StoreError as exc:
+            _fail(str(exc))
+        cat = _open_catalog(store, catalog)
+        statuses = {}
+        if cat is not None:
+            with cat:
+                statuses = {r.run_id: r for r in cat.list_runs()}
+        rows = []
+        for run_id in sorted(set(ids) | set(statuses)):
+            s, c = summary.get(run_id, {}), statuses.get(run_id)
+            rows.append({
+                "run": run_id, "model": s.get("model") or (c.model_name if c else None),
+                "created_utc": s.get("created_utc"), "n_sequences": s.get("n_sequences"),
+                "n_flagged": s.get("n_flagged"), "catalog_status": c.status if c else None,
+                "shards_done": f"{c.shards['done']}/{c.n_shards}" if c else None,
+            })
+        schema = pa.schema([("run", pa.string()), ("model", pa.string()), ("created_utc", pa.timestamp("us", "UTC")),
+                            ("n_sequences", pa.int64()), ("n_flagged", pa.int64()), ("catalog_status", pa.string()),
+                            ("shards_done", pa.string())])
+        st.write_result(pa.Table.from_pylist(rows, schema=schema), fmt.value if fmt.value != "parquet" else "table")
+
+    @runs_app.command("delete")
+    def runs_delete(
+        store: StoreArg,
+        run: Annotated[str, typer.Argument(help="Run id to delete.")],
+        catalog: CatalogOpt = None,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Delete a run: its Parquet partitions, runs/<run>/ and its catalog rows, together."""
+        from screening import store as st
+
+        try:
+            present = run in st.store_runs(store)
+        except st.StoreError as exc:
+            _fail(str(exc))
+        cat = _open_catalog(store, catalog)
+        in_catalog = cat is not None and cat.run_status(run) is not None
+        if not present and not in_catalog:
+            if cat is not None:
+                cat.close()
+            _fail(f"no run {run} in {store}")
+        if not yes and not typer.confirm(f"Delete run {run} from {store}?", default=False):
+            if cat is not None:
+                cat.close()
+            _fail("not deleted", 1)
+        try:
+            deleted = st.delete_run(store, run, catalog=cat)
+        except st.StoreError as exc:
+            _fail(str(exc))
+        finally:
+            if cat is not None:
+                cat.close()
+        where = f"{len(deleted.paths)} directories" + (", catalog rows" if deleted.catalog_rows else "")
+        typer.echo(f"Deleted run {run}: {where}.")
+        if not deleted.views_refreshed:
+            typer.echo(f"note: {st.DATABASE_NAME} is open in another process; the next plmscreen query refreshes its views",
+                       err=True)

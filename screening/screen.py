@@ -382,6 +382,13 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
                 "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
     (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
+    # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
+    from screening.store import StoreError, refresh_views
+
+    try:
+        refresh_views(plan.store)
+    except StoreError:
+        pass
     return summary
 
 

@@ -1,0 +1,588 @@
+"""The run catalog: which runs exist, their shards' states and their input sequences.
+
+SQLAlchemy 2 ORM tables, migrated by Alembic (``schema/migrations``; :meth:`Catalog.open`
+upgrades a database to the newest revision). By default the catalog is a SQLite file inside the
+store (``STORE/catalog.sqlite``); pass a URL for PostgreSQL
+(``postgresql+psycopg://postgres@127.0.0.1:5432/test``; ``postgresql://`` is accepted too) so
+several machines can share it.
+
+Shard life cycle: ``pending`` → (:meth:`Catalog.claim_shard`) ``running`` → ``done`` or
+``failed``; a failed shard can be claimed again. A claim is one conditional ``UPDATE ... WHERE
+status IN (...)``: with any number of concurrent workers exactly one wins. ``running`` claims of a
+dead worker are recovered with :meth:`Catalog.reset_running` when a flow restarts, or
+automatically by ``claim_shard(..., stale_after=seconds)``.
+
+Positions: ``first_seq``/``last_seq`` are 0-based, inclusive indexes into the run's valid input
+records (in file order).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    and_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Base",
+    "Run",
+    "Shard",
+    "InputSequence",
+    "Catalog",
+    "CatalogError",
+    "ShardSpec",
+    "ShardInfo",
+    "RunStatus",
+    "SHARD_STATES",
+    "RUN_STATES",
+    "CATALOG_FILENAME",
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "catalog_url",
+]
+
+CATALOG_FILENAME = "catalog.sqlite"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SHARD_STATES = ("pending", "running", "done", "failed")
+RUN_STATES = ("running", "done", "failed", "cancelled")
+_CLAIMABLE = ("pending", "failed")
+_MAX_ERROR_CHARS = 20_000
+
+
+class CatalogError(Exception):
+    """A catalog problem with a message meant for the user."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog; use timezone-aware UTC")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    })
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (CheckConstraint(f"status IN {RUN_STATES!r}", name="status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # screening.screen.run_id_for
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    input_path: Mapped[str | None] = mapped_column(Text)
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    parameters: Mapped[dict | None] = mapped_column(JSON)
+    plmscreen_version: Mapped[str | None] = mapped_column(String(32))
+    store_path: Mapped[str | None] = mapped_column(Text)
+
+
+class Shard(Base):
+    __tablename__ = "shards"
+    __table_args__ = (
+        UniqueConstraint("run_id", "shard_index"),
+        CheckConstraint(f"status IN {SHARD_STATES!r}", name="status"),
+        CheckConstraint("first_seq <= last_seq", name="range"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    shard_index: Mapped[int] = mapped_column(Integer)
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    output_files: Mapped[list | None] = mapped_column(JSON)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class InputSequence(Base):
+    __tablename__ = "input_sequences"
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq_id"),
+        Index("ix_input_sequences_run_id_shard_index", "run_id", "shard_index"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    seq_id: Mapped[str] = mapped_column(String(1000))
+    shard_index: Mapped[int] = mapped_column(Integer)
+    sequence_sha256: Mapped[str] = mapped_column(String(64))
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A shard to register: records ``first``..``last`` (0-based, inclusive) of the input and,
+    optionally, their ``(seq_id, sha256)`` in order."""
+
+    index: int
+    first: int
+    last: int
+    sequences: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, spec: ShardSpec | Sequence) -> ShardSpec:
+        if isinstance(spec, ShardSpec):
+            return spec
+        index, first, last, *rest = spec
+        sequences = tuple((str(s), str(h)) for s, h in (rest[0] if rest else ()))
+        return cls(int(index), int(first), int(last), sequences)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    run_id: str
+    index: int
+    first: int
+    last: int
+    status: str
+    attempts: int
+    output_files: list[str]
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    seconds: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: str
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    input_path: str | None
+    input_sha256: str | None
+    model_name: str | None
+    checkpoint_sha256: str | None
+    parameters: dict | None
+    plmscreen_version: str | None
+    store_path: str | None
+    shards: dict[str, int] = field(default_factory=dict)  # count per state, every state present
+    n_sequences: int = 0
+
+    @property
+    def n_shards(self) -> int:
+        return sum(self.shards.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every registered shard is done (and there is at least one)."""
+        return self.n_shards > 0 and self.shards["done"] == self.n_shards
+
+
+def catalog_url(url: str | None, store: str | Path | None) -> str:
+    """The SQLAlchemy URL: ``url`` as given (``postgresql://`` becomes ``postgresql+psycopg://``;
+    a plain path is a SQLite file), or ``STORE/catalog.sqlite``."""
+    if url is None:
+        if store is None:
+            raise CatalogError("no catalog URL and no store: give one of them")
+        path = Path(store).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path / CATALOG_FILENAME}"
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def alembic_config(url: str | None = None):
+    """An Alembic ``Config`` for ``schema/migrations`` (no ini file needed)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_engine(url: str, echo: bool) -> Engine:
+    engine = create_engine(url, echo=echo, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not pysqlite, emit BEGIN (see "begin" below); enforce foreign keys.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Take the write lock up front: two writers never deadlock on a read→write lock upgrade
+        # (SQLite would fail one of them at once instead of waiting).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class Catalog:
+    """The run catalog. Open with :meth:`open`; every method is one short transaction, safe to
+    call from several threads or processes (each with its own ``Catalog``)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | None = None, store: str | Path | None = None, *, schema: str | None = None,
+             upgrade: bool = True, echo: bool = False) -> Catalog:
+        """Open (creating and migrating to the newest revision if ``upgrade``) a catalog.
+
+        ``url`` None means ``STORE/catalog.sqlite``. ``schema`` (PostgreSQL only) keeps the tables
+        in that schema, created if missing: several catalogs can share one database."""
+        full = catalog_url(url, store)
+        try:
+            backend = make_url(full).get_backend_name()
+        except Exception as exc:  # noqa: BLE001 - any parse error is a bad URL
+            raise CatalogError(f"invalid catalog URL {url!r}: {exc}") from None
+        if backend == "sqlite":
+            if schema:
+                raise CatalogError("schema= is for PostgreSQL catalogs only")
+            engine = _sqlite_engine(full, echo)
+        elif backend == "postgresql":
+            connect_args: dict[str, Any] = {"connect_timeout": 10}
+            if schema:
+                if not _SCHEMA_NAME.fullmatch(schema):
+                    raise CatalogError(f"invalid schema name {schema!r}")
+                connect_args["options"] = f"-csearch_path={schema}"
+            engine = create_engine(full, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+        else:
+            raise CatalogError(f"unsupported catalog database {backend!r}: use SQLite or PostgreSQL")
+        catalog = cls(engine)
+        try:
+            if schema:
+                catalog._create_schema(schema)
+            if upgrade:
+                catalog.upgrade()
+        except (OperationalError, DBAPIError) as exc:
+            engine.dispose()
+            raise CatalogError(f"cannot open catalog {engine.url.render_as_string(hide_password=True)}: "
+                               f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from None
+        except Exception:
+            engine.dispose()
+            raise
+        return catalog
+
+    def _create_schema(self, schema: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        except (IntegrityError, ProgrammingError):
+            pass  # created concurrently by another process
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the database to ``revision`` (Alembic), serialised across processes."""
+        from alembic import command
+        from alembic.util.exc import CommandError
+
+        cfg = alembic_config()
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(7390142501)"))  # one migrator at a time
+            cfg.attributes["connection"] = conn
+            try:
+                command.upgrade(cfg, revision)
+            except CommandError as exc:
+                raise CatalogError(f"cannot migrate the catalog: {exc} (written by a newer plmscreen?)") from None
+
+    def revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _insert(self, conn: Connection, table):
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    @staticmethod
+    def _shard_info(row) -> ShardInfo:
+        return ShardInfo(row.run_id, row.shard_index, row.first_seq, row.last_seq, row.status, row.attempts,
+                         list(row.output_files or []), row.started_at, row.finished_at, row.seconds, row.error)
+
+    def _require_shard(self, conn: Connection, run_id: str, index: int) -> None:
+        found = conn.execute(select(Shard.id).where(Shard.run_id == run_id, Shard.shard_index == index)).first()
+        if found is None:
+            raise CatalogError(f"run {run_id} has no shard {index}")
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def register_run(self, run_id: str, *, input_path: str | Path | None = None, input_sha256: str | None = None,
+                     model_name: str | None = None, checkpoint_sha256: str | None = None,
+                     parameters: dict | None = None, plmscreen_version: str | None = None,
+                     store_path: str | Path | None = None) -> bool:
+        """Record a run; True if it is new. An existing run is kept (its shards resume); if it had
+        failed or was cancelled it becomes ``running`` again. Run ids name the input, checkpoint and
+        parameters, so a different input or checkpoint sha256 under the same id is an error."""
+        values = dict(id=run_id, status="running", started_at=_utcnow(),
+                      input_path=None if input_path is None else str(input_path), input_sha256=input_sha256,
+                      model_name=model_name, checkpoint_sha256=checkpoint_sha256, parameters=parameters,
+                      plmscreen_version=plmscreen_version, store_path=None if store_path is None else str(store_path))
+        with self.engine.begin() as conn:
+            # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING here.
+            inserted = conn.execute(self._insert(conn, Run.__table__).values(**values)
+                                    .on_conflict_do_nothing(index_elements=["id"]).returning(Run.id)).first()
+            if inserted is not None:
+                return True
+            row = conn.execute(select(Run.__table__).where(Run.id == run_id)).one()
+            for name in ("input_sha256", "checkpoint_sha256"):
+                given, stored = values[name], getattr(row, name)
+                if given is not None and stored is not None and given != stored:
+                    raise CatalogError(f"run {run_id} is registered with {name} {stored}, not {given}")
+            conn.execute(update(Run).where(Run.id == run_id, Run.status.in_(("failed", "cancelled")))
+                         .values(status="running", finished_at=None))
+            return False
+
+    def finish_run(self, run_id: str, status: str = "done") -> None:
+        """Mark a run done, failed or cancelled. ``done`` requires every shard to be done."""
+        if status not in RUN_STATES or status == "running":
+            raise CatalogError(f"finish_run status must be one of done, failed, cancelled; got {status!r}")
+        with self.engine.begin() as conn:
+            if conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+                raise CatalogError(f"no run {run_id} in the catalog")
+            if status == "done":
+                unfinished = conn.execute(select(func.count()).select_from(Shard)
+                                          .where(Shard.run_id == run_id, Shard.status != "done")).scalar_one()
+                if unfinished:
+                    raise CatalogError(f"run {run_id} has {unfinished} shards not done")
+            conn.execute(update(Run).where(Run.id == run_id).values(status=status, finished_at=_utcnow()))
+
+    def run_status(self, run_id: str) -> RunStatus | None:
+        runs = self._runs(run_id)
+        return runs[0] if runs else None
+
+    def list_runs(self) -> list[RunStatus]:
+        """Every run, most recently started first."""
+        return self._runs(None)
+
+    def _runs(self, run_id: str | None) -> list[RunStatus]:
+        with self.engine.connect() as conn:
+            query = select(Run.__table__).order_by(Run.started_at.desc(), Run.id)
+            counts = select(Shard.run_id, Shard.status, func.count()).group_by(Shard.run_id, Shard.status)
+            n_seq = select(InputSequence.run_id, func.count()).group_by(InputSequence.run_id)
+            if run_id is not None:
+                query = query.where(Run.id == run_id)
+                counts = counts.where(Shard.run_id == run_id)
+                n_seq = n_seq.where(InputSequence.run_id == run_id)
+            runs = conn.execute(query).all()
+            shard_counts: dict[str, dict[str, int]] = {}
+            for rid, status, n in conn.execute(counts):
+                shard_counts.setdefault(rid, {})[status] = n
+            sequences = dict(conn.execute(n_seq).all())
+        return [
+            RunStatus(r.id, r.status, r.started_at, r.finished_at, r.input_path, r.input_sha256, r.model_name,
+                      r.checkpoint_sha256, r.parameters, r.plmscreen_version, r.store_path,
+                      {s: shard_counts.get(r.id, {}).get(s, 0) for s in SHARD_STATES}, sequences.get(r.id, 0))
+            for r in runs
+        ]
+
+    def delete_run(self, run_id: str) -> bool:
+        """Remove a run, its shards and input sequences (one transaction); True if it existed."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(InputSequence).where(InputSequence.run_id == run_id))
+            conn.execute(delete(Shard).where(Shard.run_id == run_id))
+            return conn.execute(delete(Run).where(Run.id == run_id)).rowcount > 0
+
+    # -- shards ----------------------------------------------------------------------------
+
+    def add_shards(self, run_id: str, shards: Iterable[ShardSpec | Sequence]) -> int:
+        """Register shards ``(index, first, last, [(seq_id, sha256), ...])``; returns how many were
+        new. Idempotent: shards already registered with the same range are left as they are (state
+        included); a different range for an existing index is an error."""
+        specs = [ShardSpec.of(s) for s in shards]
+        for spec in specs:
+            if spec.first > spec.last or spec.first < 0:
+                raise CatalogError(f"shard {spec.index}: bad range {spec.first}..{spec.last}")
+            if spec.sequences and len(spec.sequences) != spec.last - spec.first + 1:
+                raise CatalogError(f"shard {spec.index}: {len(spec.sequences)} sequences for range "
+                                   f"{spec.first}..{spec.last}")
+        if len({s.index for s in specs}) != len(specs):
+            raise CatalogError("duplicate shard index in add_shards")
+        with self.engine.begin() as conn:
+            if conn.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+                raise CatalogError(f"no run {run_id} in the catalog: register_run first")
+            stored = self._shard_ranges(conn, run_id)
+            self._check_ranges(run_id, specs, stored)
+            inserted: set[int] = set()
+            new = [s for s in specs if s.index not in stored]
+            if new:
+                # RETURNING names the shards this call inserted (a concurrent caller may win some).
+                result = conn.execute(self._insert(conn, Shard.__table__).on_conflict_do_nothing(
+                    index_elements=["run_id", "shard_index"]).returning(Shard.shard_index),
+                    [dict(run_id=run_id, shard_index=s.index, first_seq=s.first, last_seq=s.last,
+                          status="pending", attempts=0) for s in new])
+                inserted = {row[0] for row in result}
+                if len(inserted) < len(new):
+                    self._check_ranges(run_id, specs, self._shard_ranges(conn, run_id))
+            rows = [dict(run_id=run_id, seq_id=seq_id, shard_index=s.index, sequence_sha256=sha)
+                    for s in specs if s.index in inserted for seq_id, sha in s.sequences]
+            for start in range(0, len(rows), 5000):
+                conn.execute(self._insert(conn, InputSequence.__table__).on_conflict_do_nothing(
+                    index_elements=["run_id", "seq_id"]), rows[start:start + 5000])
+            return len(inserted)
+
+    @staticmethod
+    def _shard_ranges(conn: Connection, run_id: str) -> dict[int, tuple[int, int]]:
+        query = select(Shard.shard_index, Shard.first_seq, Shard.last_seq).where(Shard.run_id == run_id)
+        return {r.shard_index: (r.first_seq, r.last_seq) for r in conn.execute(query)}
+
+    @staticmethod
+    def _check_ranges(run_id: str, specs: list[ShardSpec], stored: dict[int, tuple[int, int]]) -> None:
+        for spec in specs:
+            if spec.index in stored and stored[spec.index] != (spec.first, spec.last):
+                first, last = stored[spec.index]
+                raise CatalogError(f"run {run_id} shard {spec.index} is registered as {first}..{last}, "
+                                   f"not {spec.first}..{spec.last}")
+
+    def shards(self, run_id: str) -> list[ShardInfo]:
+        """Every shard of a run, by index."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Shard.__table__).where(Shard.run_id == run_id).order_by(Shard.shard_index))
+            return [self._shard_info(r) for r in rows]
+
+    def pending_shards(self, run_id: str, include_failed: bool = True) -> list[ShardInfo]:
+        """Shards waiting for a worker (pending, and failed ones unless ``include_failed`` is False)."""
+        states = _CLAIMABLE if include_failed else ("pending",)
+        return [s for s in self.shards(run_id) if s.status in states]
+
+    def input_sequences(self, run_id: str, shard_index: int | None = None) -> list[tuple[str, int, str]]:
+        """``(seq_id, shard_index, sha256)`` of a run's input sequences, in shard order."""
+        with self.engine.connect() as conn:
+            query = (select(InputSequence.seq_id, InputSequence.shard_index, InputSequence.sequence_sha256)
+                     .where(InputSequence.run_id == run_id).order_by(InputSequence.shard_index, InputSequence.id))
+            if shard_index is not None:
+                query = query.where(InputSequence.shard_index == shard_index)
+            return [tuple(r) for r in conn.execute(query)]
+
+    def claim_shard(self, run_id: str, index: int, *, stale_after: float | None = None,
+                    max_attempts: int | None = None) -> bool:
+        """Atomically move a pending or failed shard to ``running`` and count the attempt; True if
+        this caller won it. ``stale_after`` (seconds) also takes over a ``running`` claim started
+        longer ago than that (its worker presumably died). ``max_attempts`` refuses shards that
+        were already tried that many times."""
+        now = _utcnow()
+        claimable = Shard.status.in_(_CLAIMABLE)
+        if stale_after is not None:
+            claimable = or_(claimable, and_(Shard.status == "running",
+                                            Shard.started_at < now - dt.timedelta(seconds=stale_after)))
+        condition = [Shard.run_id == run_id, Shard.shard_index == index, claimable]
+        if max_attempts is not None:
+            condition.append(Shard.attempts < max_attempts)
+        with self.engine.begin() as conn:
+            won = conn.execute(update(Shard).where(*condition).values(
+                status="running", attempts=Shard.attempts + 1, started_at=now, finished_at=None,
+                seconds=None, error=None)).rowcount
+            if not won:
+                self._require_shard(conn, run_id, index)
+            return won == 1
+
+    def mark_shard_done(self, run_id: str, index: int, files: Sequence[str | Path] = (),
+                        seconds: float | None = None) -> None:
+        """Record a shard's output files and time; it is done."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(Shard).where(Shard.run_id == run_id, Shard.shard_index == index).values(
+                status="done", output_files=[str(f) for f in files], finished_at=_utcnow(),
+                seconds=None if seconds is None else float(seconds), error=None)).rowcount
+            if not changed:
+                raise CatalogError(f"run {run_id} has no shard {index}")
+
+    def mark_shard_failed(self, run_id: str, index: int, error: str) -> bool:
+        """Record a shard's failure (it can be claimed again); False if it was already done (a
+        late report from a worker whose stale claim was taken over)."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(Shard).where(Shard.run_id == run_id, Shard.shard_index == index,
+                                                       Shard.status != "done").values(
+                status="failed", finished_at=_utcnow(), error=str(error)[:_MAX_ERROR_CHARS])).rowcount
+            if not changed:
+                self._require_shard(conn, run_id, index)
+            return changed == 1
+
+    def reset_running(self, run_id: str, older_than: float | None = None) -> int:
+        """Return ``running`` shards (started more than ``older_than`` seconds ago, or all) to
+        ``pending``; call it when a flow restarts after its workers died. Returns how many."""
+        condition = [Shard.run_id == run_id, Shard.status == "running"]
+        if older_than is not None:
+            condition.append(Shard.started_at < _utcnow() - dt.timedelta(seconds=older_than))
+        with self.engine.begin() as conn:
+            return conn.execute(update(Shard).where(*condition).values(status="pending")).rowcount
+

@@ -1,0 +1,13 @@
+-- runs: one row per finished screen, from STORE/runs/<run>/run.json. parameters and model_info
+-- are JSON (e.g. parameters->'flag'->>'min_inflation_factor', model_info->>'num_parameters').
+CREATE OR REPLACE VIEW runs AS
+SELECT run_id AS run, model_name AS model, * EXCLUDE (run_id, model_name, model), model AS model_info
+FROM read_json('@STORE@/runs/*/run.json',
+               format = 'auto',
+               columns = {
+                   run_id: 'VARCHAR', model_name: 'VARCHAR', checkpoint_sha256: 'VARCHAR',
+                   plmscreen_version: 'VARCHAR', schema_version: 'INTEGER', input_path: 'VARCHAR',
+                   input_sha256: 'VARCHAR', created_utc: 'TIMESTAMPTZ', n_scored: 'BIGINT',
+                   n_rejected: 'BIGINT', n_shards: 'BIGINT', failed_shards: 'JSON', checkpoint_path: 'VARCHAR',
+                   parameters: 'JSON', model: 'JSON'
+               });
