@@ -6,6 +6,7 @@ catalog); 4 some shards failed (the others are written; a rerun retries them); 1
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,33 @@ def _quiet_orchestration_logs() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@contextlib.contextmanager
+def _prefect_api():
+    """Use the configured Prefect server, or start a temporary one for this screen.
+
+    The temporary server's URL goes into the environment before the Dask cluster starts, so every
+    worker, including one the nanny restarts after a crash, reports to the same server."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 @app.command()
 def screen(
     input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
@@ -151,12 +179,14 @@ def screen(
         from flows.screen import screen_proteome
 
         try:
-            summary = screen_proteome.with_options(task_runner=runner)(
-                input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
-                batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy, shard_tokens=shard_tokens,
-                min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction,
-                skip_invalid=skip_invalid, overwrite=overwrite, catalog_url=catalog,
-            )
+            with _prefect_api():
+                summary = screen_proteome.with_options(task_runner=runner)(
+                    input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
+                    batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
+                    shard_tokens=shard_tokens, min_inflation_factor=min_inflation_factor,
+                    min_repeat_fraction=min_repeat_fraction, skip_invalid=skip_invalid, overwrite=overwrite,
+                    catalog_url=catalog,
+                )
         except CatalogError as exc:
             _fail(str(exc), 2)
         _print_summary(summary)

@@ -1,0 +1,234 @@
+"""The screen-proteome flow on real Prefect + Dask, with real faults.
+
+(a) kill -9 a Dask worker mid-screen; (b) kill -9 the flow process, then rerun the same command;
+(c) a shard that fails deterministically. Each ends with every input sequence exactly once and the
+same numbers as an uninterrupted in-process screen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from screening.fasta import read_fasta
+from screening.screen import ScreenSettings, plan_shards, run_screen
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD_TOKENS = 40_000  # the 16 test proteins make about ten shards
+N_PROTEINS = 16
+
+
+@pytest.fixture(scope="module")
+def fasta(tmp_path_factory) -> Path:
+    """Real proteins from the committed example set."""
+    text = (REPO / "examples" / "sample.fasta").read_text()
+    records = text.split(">")[1 : N_PROTEINS + 1]
+    path = tmp_path_factory.mktemp("input") / "proteins.fasta"
+    path.write_text("".join(">" + r for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def n_shards(fasta) -> int:
+    count = len(plan_shards(read_fasta(fasta).records, SHARD_TOKENS))
+    assert count >= 6, "the fault tests need several shards"
+    return count
+
+
+@pytest.fixture(scope="module")
+def reference(fasta, tiny_checkpoint, tmp_path_factory):
+    """An uninterrupted in-process screen: the numbers every faulty run must reproduce."""
+    store = tmp_path_factory.mktemp("reference")
+    run_screen(fasta, store, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))
+    return read_store(store)
+
+
+def read_store(store: Path) -> dict[str, dict]:
+    files = sorted(store.glob("residues/model=*/run=*/part-*.parquet"))
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    sequences = [row for f in sorted(store.glob("sequences/model=*/run=*/part-*.parquet")) for row in pq.read_table(f).to_pylist()]
+    return {"residues": rows, "sequences": sequences}
+
+
+def assert_same_screen(store: Path, reference: dict, fasta: Path) -> None:
+    got = read_store(store)
+    ids = [r.seq_id for r in read_fasta(fasta).records]
+    assert sorted(row["seq_id"] for row in got["sequences"]) == sorted(ids), "every input exactly once"
+    keys = [(row["seq_id"], row["pos"]) for row in got["residues"]]
+    assert len(keys) == len(set(keys)) == len(reference["residues"])
+    ref = {(r["seq_id"], r["pos"]): r for r in reference["residues"]}
+    for row in got["residues"]:
+        want = ref[(row["seq_id"], row["pos"])]
+        assert row["logp_masked"] == pytest.approx(want["logp_masked"], abs=1e-5)
+        assert (row["logp_ablated"] is None) == (want["logp_ablated"] is None)
+    ref_seq = {r["seq_id"]: r for r in reference["sequences"]}
+    for row in got["sequences"]:
+        assert row["pppl"] == pytest.approx(ref_seq[row["seq_id"]]["pppl"], rel=1e-6)
+        assert row["flagged"] == ref_seq[row["seq_id"]]["flagged"]
+
+
+def prefect_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        PLMSCREEN_OFFLINE="1",
+    )
+    return env
+
+
+def start_screen(fasta, store, checkpoint, tmp, *extra) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(store), "--model", str(checkpoint),
+           "--device", "cpu", "--shard-tokens", str(SHARD_TOKENS), *extra]
+    return subprocess.Popen(cmd, env=prefect_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def shard_states(store: Path) -> dict[str, int]:
+    db = store / "catalog.sqlite"
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            return dict(con.execute("select status, count(*) from shards group by status").fetchall())
+    except sqlite3.Error:
+        return {}
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"screen exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def dask_workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The worker processes LocalCluster's nannies spawned under the screen process."""
+    out = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                out.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_killed_worker_loses_and_duplicates_nothing(fasta, n_shards, reference, tiny_checkpoint, tmp_path):
+    store = tmp_path / "store"
+    proc = start_screen(fasta, store, tiny_checkpoint, tmp_path, "--workers", "2")
+    try:
+        wait_for(lambda: shard_states(store).get("done", 0) >= 1 and len(dask_workers(proc)) == 2, 400, proc,
+                 "the first shard and two workers")
+        workers = dask_workers(proc)
+        for w in workers:
+            w.cpu_percent(None)
+        time.sleep(0.5)
+        victim = max(workers, key=lambda w: w.cpu_percent(None))  # the busy one: it holds a shard
+        victim.send_signal(signal.SIGKILL)
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 0, output[-4000:]
+    assert "Screened 16 sequences" in output and "0 rejected" in output
+    assert_same_screen(store, reference, fasta)
+    with sqlite3.connect(store / "catalog.sqlite") as con:
+        states = dict(con.execute("select status, count(*) from shards group by status").fetchall())
+        attempts = con.execute("select sum(attempts), count(*) from shards").fetchone()
+    assert states == {"done": n_shards}
+    assert attempts[0] > attempts[1], "the shard on the killed worker was retried"
+
+
+def test_killed_flow_resumes_and_redoes_only_unfinished_shards(fasta, n_shards, reference, tiny_checkpoint, tmp_path):
+    store = tmp_path / "store"
+    proc = start_screen(fasta, store, tiny_checkpoint, tmp_path, "--workers", "1")
+    try:
+        wait_for(lambda: shard_states(store).get("done", 0) >= 2, 400, proc, "two shards done")
+        proc.send_signal(signal.SIGKILL)  # the flow process itself
+        proc.wait(timeout=30)
+    finally:
+        kill_session(proc)  # its orphaned workers, so the rerun starts clean
+    states = shard_states(store)
+    done_before = states.get("done", 0)
+    assert 2 <= done_before < n_shards, states
+    before = {p: p.stat().st_mtime_ns for p in store.glob("sequences/model=*/run=*/part-*.parquet")}
+
+    rerun = start_screen(fasta, store, tiny_checkpoint, tmp_path, "--workers", "1")
+    try:
+        output, _ = rerun.communicate(timeout=900)
+    finally:
+        kill_session(rerun)
+    assert rerun.returncode == 0, output[-4000:]
+    assert f"{done_before} of {n_shards} shards already done" in output
+    assert_same_screen(store, reference, fasta)
+    after = {p: p.stat().st_mtime_ns for p in store.glob("sequences/model=*/run=*/part-*.parquet")}
+    assert all(after[p] == t for p, t in before.items()), "finished shards were not redone"
+    assert shard_states(store) == {"done": n_shards}
+
+
+def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta, n_shards, reference, tiny_checkpoint, tmp_path, monkeypatch):
+    """Threads-only Dask workers share this process, so the fault can be injected with monkeypatch."""
+    from prefect.testing.utilities import prefect_test_harness
+    from prefect_dask import DaskTaskRunner
+
+    import screening.screen as screen_module
+    from flows.screen import SHARD_RETRIES, screen_proteome
+    from schema.catalog import Catalog
+
+    bad_id = read_fasta(fasta).records[5].seq_id
+    real_score_shard = screen_module.score_shard
+
+    def broken_on_one_shard(scorer, records, *args, **kwargs):
+        if any(r.seq_id == bad_id for r in records):
+            raise RuntimeError("corrupt weights on this worker")
+        return real_score_shard(scorer, records, *args, **kwargs)
+
+    monkeypatch.setattr(screen_module, "score_shard", broken_on_one_shard)
+    runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                            cluster_kwargs={"n_workers": 2, "processes": False, "threads_per_worker": 1, "dashboard_address": None})
+    store = tmp_path / "store"
+    params = dict(input=str(fasta), store=str(store), model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS)
+    with prefect_test_harness(server_startup_timeout=120):
+        summary = screen_proteome.with_options(task_runner=runner)(**params)
+        with Catalog.open(None, store) as catalog:
+            shards = {s.index: s for s in catalog.shards(summary["run_id"])}
+            status = catalog.run_status(summary["run_id"]).status
+        bad = [i for i, s in shards.items() if s.status != "done"]
+        assert summary["failed_shards"] == bad and len(bad) == 1
+        assert shards[bad[0]].status == "failed" and shards[bad[0]].attempts == SHARD_RETRIES + 1
+        assert "corrupt weights" in shards[bad[0]].error
+        assert all(s.attempts == 1 for i, s in shards.items() if i != bad[0]), "other shards ran once"
+        assert status == "failed"
+        assert bad_id not in {r["seq_id"] for r in read_store(store)["sequences"]}
+        assert len(read_store(store)["sequences"]) == N_PROTEINS - (shards[bad[0]].last - shards[bad[0]].first + 1)
+
+        monkeypatch.setattr(screen_module, "score_shard", real_score_shard)  # the fault is fixed
+        again = screen_proteome.with_options(task_runner=runner)(**params)
+    assert again["failed_shards"] == [] and again["n_shards_skipped"] == n_shards - 1
+    assert_same_screen(store, reference, fasta)
