@@ -167,6 +167,35 @@ def register(app: typer.Typer) -> None:
                             ("shards_done", pa.string())])
         st.write_result(pa.Table.from_pylist(rows, schema=schema), fmt.value if fmt.value != "parquet" else "table")
 
+    @app.command("status")
+    def status_cmd(
+        store: StoreArg,
+        catalog: CatalogOpt = None,
+        run: Annotated[Optional[str], typer.Option("--run", help="Show this run's shards one by one.")] = None,
+    ) -> None:
+        """Runs and their shard states from the catalog (what a rerun would redo)."""
+        cat = _open_catalog(store, catalog)
+        if cat is None:
+            _fail(f"{store} has no catalog (no screen has run there)")
+        with cat:
+            runs = cat.list_runs() if run is None else [r for r in [cat.run_status(run)] if r is not None]
+            if run is not None and not runs:
+                _fail(f"no run {run} in the catalog of {store}")
+            header = f"{'run':<18} {'status':<9} {'model':<24} {'sequences':>9} {'done':>6} {'running':>7} {'pending':>7} {'failed':>6}  started"
+            typer.echo(header)
+            for r in runs:
+                typer.echo(f"{r.run_id:<18} {r.status:<9} {(r.model_name or '')[:24]:<24} {r.n_sequences:>9} "
+                           f"{r.shards['done']:>6} {r.shards['running']:>7} {r.shards['pending']:>7} {r.shards['failed']:>6}  "
+                           f"{r.started_at:%Y-%m-%d %H:%M:%S}")
+            for r in runs:
+                shards = cat.shards(r.run_id)
+                shown = shards if run is not None else [s for s in shards if s.status == "failed"]
+                for s in shown:
+                    took = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
+                    error = f"  {s.error.splitlines()[0][:120]}" if s.error else ""
+                    typer.echo(f"  {r.run_id} shard {s.index:>5}: records {s.first}..{s.last} {s.status:<8} "
+                               f"attempts {s.attempts} {took}{error}")
+
     @runs_app.command("delete")
     def runs_delete(
         store: StoreArg,

@@ -18,20 +18,29 @@ def require_chromium() -> None:
         pytest.skip(reason)
 
 
-def screenshot(url: str, shot: Path, budget_ms: int = 15000) -> Path:
-    """Render ``url`` at 1400x900 into ``shot`` with a fresh profile."""
+def _chromium(url: str, profile: Path, budget_ms: int, *action: str) -> subprocess.CompletedProcess:
     require_chromium()
-    profile = shot.parent / f"{shot.stem}-profile"
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1400,900",
-           f"--virtual-time-budget={budget_ms}", url]
+           f"--user-data-dir={profile}", "--window-size=1400,900", f"--virtual-time-budget={budget_ms}", *action, url]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def screenshot(url: str, shot: Path, budget_ms: int = 15000) -> Path:
+    """Render ``url`` at 1400x900 into ``shot`` with a fresh profile."""
+    done = _chromium(url, shot.parent / f"{shot.stem}-profile", budget_ms, f"--screenshot={shot}")
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     return shot
+
+
+def rendered_dom(url: str, workdir: Path, budget_ms: int = 15000) -> str:
+    """The page's DOM after its scripts ran: what a person would read on it."""
+    done = _chromium(url, workdir / "dom-profile", budget_ms, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def assert_not_blank(shot: Path, min_ink: float = 0.03, min_colours: int = 8) -> None:

@@ -227,6 +227,15 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
         assert status == "failed"
         assert bad_id not in {r["seq_id"] for r in read_store(store)["sequences"]}
         assert len(read_store(store)["sequences"]) == N_PROTEINS - (shards[bad[0]].last - shards[bad[0]].first + 1)
+        # plmscreen status reports the failed shard and why.
+        from typer.testing import CliRunner
+
+        from screening.cli import app
+
+        shown = CliRunner().invoke(app, ["status", str(store)])
+        assert shown.exit_code == 0, shown.output
+        assert f"{summary['run_id']}   failed" in shown.output
+        assert f"shard {bad[0]:>5}" in shown.output and "corrupt weights on this worker" in shown.output
 
         monkeypatch.setattr(screen_module, "score_shard", real_score_shard)  # the fault is fixed
         again = screen_proteome.with_options(task_runner=runner)(**params)

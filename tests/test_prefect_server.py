@@ -1,0 +1,135 @@
+"""A real Prefect server on localhost: a screen shows up with its tasks and artifacts, the UI renders
+its flow-run page, and the deployments in deploy/prefect.yaml register against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from browser import assert_not_blank, rendered_dom, screenshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            api(url, "/health")
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited: {proc.stdout.read()[-3000:]}")
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("prefect server did not become healthy in 180 s")
+    client_env = {**env, "PREFECT_API_URL": url, "PLMSCREEN_OFFLINE": "1"}
+    yield url, client_env
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="module")
+def screened(server, tiny_checkpoint, tmp_path_factory):
+    url, env = server
+    tmp = tmp_path_factory.mktemp("screen")
+    records = (REPO / "examples" / "sample.fasta").read_text().split(">")[1:5]
+    fasta = tmp / "four.fasta"
+    fasta.write_text("".join(">" + r for r in records))
+    store = tmp / "store"
+    done = subprocess.run([sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(store),
+                           "--model", str(tiny_checkpoint), "--device", "cpu", "--workers", "1", "--shard-tokens", "30000"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_id = next((store / "runs").iterdir()).name
+    return url, run_id, store
+
+
+def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
+    from schema.catalog import Catalog
+
+    url, run_id, store = screened
+    flows = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "screen "}}})
+    assert len(flows) == 1 and flows[0]["state_type"] == "COMPLETED"
+    with Catalog.open(None, store) as catalog:
+        n_shards = len(catalog.shards(run_id))
+    tasks = api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flows[0]["id"]]}}})
+    shard_tasks = sorted(t["name"] for t in tasks if t["name"].startswith(f"{run_id}/shard-"))
+    assert shard_tasks == sorted(f"{run_id}/shard-{i}" for i in range(n_shards))
+    assert all(t["state_type"] == "COMPLETED" for t in tasks)
+    artifacts = {a["key"]: a for a in api(url, "/artifacts/filter", {})}
+    assert artifacts[f"shards-{run_id}"]["type"] == "progress" and artifacts[f"shards-{run_id}"]["data"] == 100.0
+    flagged = artifacts[f"flagged-{run_id}"]
+    assert flagged["type"] == "markdown" and f"plmscreen run `{run_id}`" in flagged["data"]
+    assert "plmscreen report" in flagged["data"]
+    logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flows[0]["id"]]}}})
+    assert any(f"run {run_id}:" in entry["message"] for entry in logs)
+
+
+def test_ui_shows_the_flow_run(screened, tmp_path):
+    url, run_id, _ = screened
+    flows = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "screen "}}})
+    page = url.removesuffix("/api") + f"/runs/flow-run/{flows[0]['id']}"
+    dom = rendered_dom(page, tmp_path, budget_ms=20000)
+    assert "Can't connect" not in dom and "Something went wrong" not in dom
+    assert flows[0]["name"] in dom, "the flow-run page names the run"
+    assert "Completed" in dom
+    assert_not_blank(screenshot(page, tmp_path / "flow-run.png", budget_ms=20000))
+
+
+def test_deployments_register_with_cron_schedules(server, tmp_path):
+    url, env = server
+    env = {**env, "PLMSCREEN_HOME": str(REPO), "PLMSCREEN_DATA": str(tmp_path), "PLMSCREEN_STORE": str(tmp_path / "store"),
+           "PLMSCREEN_WEIGHTS_DIR": str(tmp_path / "weights"), "PLMSCREEN_CATALOG_URL": ""}
+    for pool in ("plmscreen-cpu", "plmscreen-gpu"):
+        made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stdout + made.stderr
+    deployed = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                               "--prefect-file", "deploy/prefect.yaml"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-4000:]
+    deployments = {d["name"]: d for d in api(url, "/deployments/filter", {})}
+    assert set(deployments) == {"ecoli-weekly", "human-monthly", "sample-nightly"}
+    crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
+    assert crons == {"ecoli-weekly": ["0 2 * * 1"], "human-monthly": ["0 3 1 * *"], "sample-nightly": ["30 1 * * *"]}
+    assert deployments["ecoli-weekly"]["work_pool_name"] == "plmscreen-gpu"
+    assert deployments["ecoli-weekly"]["parameters"]["model"] == "esm2_t33_650M_UR50D"
+    assert deployments["sample-nightly"]["parameters"]["model"] == "plmscreen-mini"
+    assert deployments["sample-nightly"]["entrypoint"] == "flows/screen.py:screen_proteome"
