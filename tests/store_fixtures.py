@@ -16,14 +16,9 @@ import pyarrow.parquet as pq
 from screening.metrics import FlagRule
 from screening.screen import ScreenSettings, run_screen
 
-UNIT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
-FASTA = f""">single description here
-{UNIT}
->doubled
-{UNIT}{UNIT}
->short
-MSTNPKPQRKTKRNTNRRPQDVKFPGG
->tri
+from sequences import SINGLE_DOUBLED_SHORT
+
+FASTA = SINGLE_DOUBLED_SHORT + """>tri
 GSAKLEVWQGSAKLEVWQGSAKLEVWQPPLKDEM
 >tandem4
 MDPRWTLKEYCMDPRWTLKEYCMDPRWTLKEYCMDPRWTLKEYCGG

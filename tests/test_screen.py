@@ -14,14 +14,8 @@ from screening.metrics import FlagRule
 from screening.output import read_metadata
 from screening.screen import ScreenSettings, run_screen
 
-UNIT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"  # 70 aa, E. coli-like
-FASTA = f""">single description here
-{UNIT}
->doubled
-{UNIT}{UNIT}
->short
-MSTNPKPQRKTKRNTNRRPQDVKFPGG
-"""
+from sequences import SINGLE_DOUBLED_SHORT as FASTA
+from sequences import UNIT
 
 
 def _run_cli(*args, cwd=None):
