@@ -87,6 +87,51 @@ def _quiet_orchestration_logs() -> None:
 
 
 @contextlib.contextmanager
+def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool):
+    """A progress bar of residues in finished shards, read from the catalog while the flow runs."""
+    import threading
+
+    from tqdm import tqdm
+
+    from schema.catalog import Catalog
+    from screening.model import file_sha256, resolve_checkpoint
+    from screening.screen import plan_shards, run_id_for
+
+    _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
+    run_id = run_id_for(contents.sha256, file_sha256(checkpoint), settings)
+    sizes = [(sum(len(r.sequence) for r in contents.records[a : b + 1]), b - a + 1)
+             for a, b in plan_shards(contents.records, settings.shard_tokens)]
+    stop = threading.Event()
+
+    def poll() -> None:
+        bar = tqdm(total=sum(n for n, _ in sizes), unit="res", unit_scale=True, file=sys.stderr,
+                   desc=f"{len(sizes)} shards", dynamic_ncols=True)
+        started, seen, sequences = time.perf_counter(), set(), 0
+        while not stop.wait(2.0):
+            try:
+                with Catalog.open(catalog_url, store, upgrade=False) as catalog:
+                    done = {s.index for s in catalog.shards(run_id) if s.status == "done"}
+            except Exception:  # noqa: BLE001 - the catalog may not exist yet; the bar only reports
+                continue
+            for index in done - seen:
+                bar.update(sizes[index][0])
+                sequences += sizes[index][1]
+            seen |= done
+            bar.set_postfix(seqs=sequences, seq_per_s=f"{sequences / (time.perf_counter() - started):.2f}")
+        bar.close()
+
+    thread = threading.Thread(target=poll, daemon=True) if enabled else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=10)
+
+
+@contextlib.contextmanager
 def _prefect_api():
     """Use the configured Prefect server, or start a temporary one for this screen.
 
@@ -133,7 +178,7 @@ def screen(
     in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar (--in-process).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (residues and sequences per second).")] = True,
 ) -> None:
     """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences.
 
@@ -179,7 +224,7 @@ def screen(
         from flows.screen import screen_proteome
 
         try:
-            with _prefect_api():
+            with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress):
                 summary = screen_proteome.with_options(task_runner=runner)(
                     input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
                     batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
