@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from esm.modules import gelu
+
 
 
 class RotaryTables:
@@ -66,7 +66,8 @@ def _layer(layer, x: torch.Tensor, key_mask: torch.Tensor | None, query_pos: tor
     out = attn.out_proj(out.transpose(1, 2).reshape(batch, -1, embed))
     residual = x if query_pos is None else _gather_rows(x, query_pos)
     x = residual + out
-    return x + layer.fc2(gelu(layer.fc1(layer.final_layer_norm(x))))
+    # F.gelu is the same exact (erf) GELU as fair-esm's, in one fused pass instead of five.
+    return x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
 
 
 def logprobs_at(model, tokens: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
