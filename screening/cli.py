@@ -165,7 +165,7 @@ def screen(
     model: Annotated[str, typer.Option(help="plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path.")] = "plmscreen-mini",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_tokens: Annotated[int, typer.Option(help="Token budget per forward batch.")] = 16384,
+    batch_tokens: Annotated[int, typer.Option(help="Token budget per forward batch (raise on GPUs).")] = 4096,
     precision: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (faster, approximate).")] = "fp32",
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
