@@ -520,6 +520,14 @@ class Catalog:
             rows = conn.execute(select(Shard.__table__).where(Shard.run_id == run_id).order_by(Shard.shard_index))
             return [self._shard_info(r) for r in rows]
 
+    def shard(self, run_id: str, index: int) -> ShardInfo:
+        """One shard of a run (a task needs only its own row, not the run's thousands)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Shard.__table__).where(Shard.run_id == run_id, Shard.shard_index == index)).first()
+        if row is None:
+            raise CatalogError(f"run {run_id} has no shard {index}")
+        return self._shard_info(row)
+
     def pending_shards(self, run_id: str, include_failed: bool = True) -> list[ShardInfo]:
         """Shards waiting for a worker (pending, and failed ones unless ``include_failed`` is False)."""
         states = _CLAIMABLE if include_failed else ("pending",)

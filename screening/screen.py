@@ -335,7 +335,7 @@ def process_shard(
     """Score one shard and write its files, unless the catalog already has it done."""
     records = plan.shard_records(shard)
     n_residues = sum(len(r.sequence) for r in records)
-    state = next(s for s in catalog.shards(plan.run_id) if s.index == shard)
+    state = catalog.shard(plan.run_id, shard)
     if state.status == "done":
         return ShardManifest(shard, len(records), n_residues, -1, tuple(state.output_files), 0.0, True)
     # stale_after=0: the flow is the only dispatcher, so a "running" claim here is a dead attempt's.
