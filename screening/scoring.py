@@ -25,7 +25,7 @@ import torch
 from screening.forward import logprobs_at
 from screening.model import LoadedModel
 
-MASKED, ABLATED, UNMASKED = 0, 1, 2
+MASKED, ABLATED, UNMASKED, PROBE = 0, 1, 2, 3
 PRECISIONS = ("fp32", "bf16")
 ENGINES = ("plmscreen", "fair-esm")
 
@@ -69,6 +69,17 @@ class _Job:
     masked: tuple[int, ...]  # 0-based residue indices masked in this copy
     read: tuple[int, ...]  # 0-based residue indices whose log-probs this copy gives
     kind: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One masked copy of ``sequences[seq]``: ``masked`` residues (0-based) are masked and the full
+    log-probability rows at ``read`` come back. For sequences longer than the model window the
+    copy is the window centred on ``read[0]``; masked residues outside it are out of view anyway."""
+
+    seq: int
+    masked: tuple[int, ...]
+    read: tuple[int, ...]
 
 
 @dataclass
@@ -181,13 +192,14 @@ class Scorer:
             logp = torch.log_softmax(logits.float(), dim=-1)
             return torch.gather(logp, 1, query.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))
 
-    def _run_batch(self, batch: list[_Job], pending: dict[int, _Pending]) -> None:
+    def _batch_logprobs(self, batch: list[_Job], tokens_of: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities [copy, read, vocab] of one batch of masked copies."""
         width = max(j.stop - j.start for j in batch) + 2
         n_query = max(len(j.read) for j in batch)
         tokens = torch.full((len(batch), width), self._pad, dtype=torch.long)
         query = torch.zeros((len(batch), n_query), dtype=torch.long)
         for row, job in enumerate(batch):
-            residues = pending[job.seq].tokens[job.start : job.stop]
+            residues = tokens_of(job.seq)[job.start : job.stop]
             tokens[row, 0] = self._bos
             tokens[row, 1 : 1 + len(residues)] = residues
             tokens[row, 1 + len(residues)] = self._eos
@@ -195,7 +207,10 @@ class Scorer:
                 tokens[row, i - job.start + 1] = self._mask
             query[row, : len(job.read)] = torch.tensor(job.read) - job.start + 1
         device = self.loaded.device
-        logp = self._forward(tokens.to(device), query.to(device)).cpu()
+        return self._forward(tokens.to(device), query.to(device)).float().cpu()
+
+    def _run_batch(self, batch: list[_Job], pending: dict[int, _Pending]) -> None:
+        logp = self._batch_logprobs(batch, lambda s: pending[s].tokens)
         for row, job in enumerate(batch):
             state = pending[job.seq]
             read = torch.tensor(job.read)
@@ -237,3 +252,34 @@ class Scorer:
                         if pending[s].jobs_left == 0:
                             on_sequence_done(s, pending[s].scores)
         return [pending[s].scores for s in range(len(sequences))]
+
+    def probe(self, sequences: Sequence[str], probes: Sequence[Probe]) -> list[np.ndarray]:
+        """Full log-probability rows for arbitrary masked copies, batched like ``score``.
+
+        Returns one float64 array ``[len(read), len(alphabet)]`` per probe, in order; columns are
+        the alphabet's token indices (``Scorer.token_index``). The experiments of ``validate`` and
+        the per-residue diagnostics are built on this."""
+        window = self.loaded.max_residues
+        tokens = [self.encode(s) for s in sequences]
+        jobs = []
+        for k, probe in enumerate(probes):
+            length = len(sequences[probe.seq])
+            if not probe.read or not all(0 <= i < length for i in (*probe.read, *probe.masked)):
+                raise ValueError(f"probe {k}: positions outside sequence {probe.seq} (length {length}) or nothing read")
+            start = window_start(probe.read[0], length, window)
+            stop = start + min(length, window)
+            if not all(start <= i < stop for i in probe.read):
+                raise ValueError(f"probe {k}: read positions do not fit one {window}-residue window")
+            masked = tuple(sorted({i for i in probe.masked if start <= i < stop}))
+            jobs.append(_Job(k, start, stop, masked, tuple(probe.read), PROBE))
+        out: list[np.ndarray | None] = [None] * len(probes)
+        with torch.inference_mode():
+            for batch in _batches(jobs, self.options.batch_tokens):
+                logp = self._batch_logprobs(batch, lambda k: tokens[probes[k].seq])
+                for row, job in enumerate(batch):
+                    out[job.seq] = logp[row, : len(job.read)].double().numpy()
+        return out
+
+    def token_index(self, aa: str) -> int:
+        """Column of residue letter ``aa`` in ``probe`` rows."""
+        return self._index[aa]

@@ -181,3 +181,26 @@ def test_sequence_summary_matches_hand_computation():
     assert not FlagRule(min_repeat_fraction=0.6).flags(s.inflation_factor, s.repeat_fraction)
     none = summarize(masked, unmasked, np.full(4, np.nan))
     assert none.inflation_factor == pytest.approx(1.0) and none.mean_inflation is None and not none.flagged
+
+
+def test_probe_gives_full_rows_for_arbitrary_mask_sets(tiny_model, scored):
+    """Probe rows at the true residue reproduce scoring; other columns match the stock forward."""
+    from screening.scoring import Probe
+
+    _, results = scored
+    m, a = tiny_model.model, tiny_model.alphabet
+    seq = SEQS[2]
+    probes = [Probe(2, (i,), (i,)) for i in range(len(seq))] + [Probe(0, (3, 9, 20), (3, 20)), Probe(1, (), (0, 5))]
+    rows = Scorer(tiny_model, ScoringOptions(batch_tokens=200)).probe(SEQS, probes)
+    true_cols = [rows[i][0, a.get_idx(seq[i])] for i in range(len(seq))]
+    np.testing.assert_allclose(true_cols, results[2].logp_masked, atol=1e-5, rtol=0)
+    # A non-true letter under a three-position mask, against fair-esm's own forward.
+    tokens = torch.tensor([[a.cls_idx] + [a.get_idx(c) for c in SEQS[0]] + [a.eos_idx]])
+    tokens[0, [4, 10, 21]] = a.mask_idx
+    with torch.no_grad():
+        ref = torch.log_softmax(m(tokens)["logits"][0], -1)
+    assert rows[-2].shape == (2, len(a.all_toks))
+    np.testing.assert_allclose(rows[-2][1], ref[21].numpy(), atol=1e-4)
+    assert rows[-1][1, a.get_idx(SEQS[1][5])] == pytest.approx(results[1].logp_unmasked[5], abs=1e-5)
+    with pytest.raises(ValueError, match="probe 0"):
+        Scorer(tiny_model).probe(SEQS, [Probe(1, (), (99,))])
