@@ -153,6 +153,7 @@ class Shard(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the latest claim
 
 
 class InputSequence(Base):
@@ -201,6 +202,7 @@ class ShardInfo:
     finished_at: dt.datetime | None
     seconds: float | None
     error: str | None
+    worker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,8 @@ class Catalog:
     @staticmethod
     def _shard_info(row) -> ShardInfo:
         return ShardInfo(row.run_id, row.shard_index, row.first_seq, row.last_seq, row.status, row.attempts,
-                         list(row.output_files or []), row.started_at, row.finished_at, row.seconds, row.error)
+                         list(row.output_files or []), row.started_at, row.finished_at, row.seconds, row.error,
+                         row.worker)
 
     def _require_shard(self, conn: Connection, run_id: str, index: int) -> None:
         found = conn.execute(select(Shard.id).where(Shard.run_id == run_id, Shard.shard_index == index)).first()
@@ -543,11 +546,12 @@ class Catalog:
             return [tuple(r) for r in conn.execute(query)]
 
     def claim_shard(self, run_id: str, index: int, *, stale_after: float | None = None,
-                    max_attempts: int | None = None) -> bool:
+                    max_attempts: int | None = None, worker: str | None = None) -> bool:
         """Atomically move a pending or failed shard to ``running`` and count the attempt; True if
         this caller won it. ``stale_after`` (seconds) also takes over a ``running`` claim started
         longer ago than that (its worker presumably died). ``max_attempts`` refuses shards that
-        were already tried that many times."""
+        were already tried that many times. ``worker`` ("host:pid") says who holds the claim: the
+        status command shows it, and an operator can find the process."""
         now = _utcnow()
         claimable = Shard.status.in_(_CLAIMABLE)
         if stale_after is not None:
@@ -559,7 +563,7 @@ class Catalog:
         with self.engine.begin() as conn:
             won = conn.execute(update(Shard).where(*condition).values(
                 status="running", attempts=Shard.attempts + 1, started_at=now, finished_at=None,
-                seconds=None, error=None)).rowcount
+                seconds=None, error=None, worker=worker)).rowcount
             if not won:
                 self._require_shard(conn, run_id, index)
             return won == 1

@@ -193,8 +193,9 @@ def register(app: typer.Typer) -> None:
                 for s in shown:
                     took = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
                     error = f"  {s.error.splitlines()[0][:120]}" if s.error else ""
+                    where = f" on {s.worker}" if s.worker and s.status == "running" else ""
                     typer.echo(f"  {r.run_id} shard {s.index:>5}: records {s.first}..{s.last} {s.status:<8} "
-                               f"attempts {s.attempts} {took}{error}")
+                               f"attempts {s.attempts} {took}{where}{error}")
 
     @runs_app.command("delete")
     def runs_delete(

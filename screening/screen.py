@@ -14,7 +14,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +341,7 @@ def process_shard(
     if state.status == "done":
         return ShardManifest(shard, len(records), n_residues, -1, tuple(state.output_files), 0.0, True)
     # stale_after=0: the flow is the only dispatcher, so a "running" claim here is a dead attempt's.
-    catalog.claim_shard(plan.run_id, shard, stale_after=0)
+    catalog.claim_shard(plan.run_id, shard, stale_after=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     started = time.perf_counter()
     try:
         tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done)

@@ -98,7 +98,7 @@ def test_open_migrates_to_head_and_matches_the_models(backend):
 
     cat = backend()
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert cat.revision() == head == "0001"
+    assert cat.revision() == head == "0002"
     with cat.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) >= {"runs", "shards", "input_sequences", "alembic_version"}
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -116,7 +116,25 @@ def test_migrations_downgrade_and_upgrade(backend):
     with cat.engine.connect() as conn:
         assert "runs" not in inspect(conn).get_table_names()
     cat.upgrade()
-    assert cat.revision() == "0001" and cat.list_runs() == []
+    assert cat.revision() == "0002" and cat.list_runs() == []
+
+
+def test_upgrade_from_0001_keeps_runs_and_shards(backend):
+    """A catalog written by the first release gains the worker column without losing anything."""
+    cat = backend()
+    cfg = alembic_config()
+    with cat.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with cat.engine.begin() as conn:
+        assert "worker" not in {c["name"] for c in inspect(conn).get_columns("shards")}
+        conn.exec_driver_sql("INSERT INTO runs (id, status, started_at) VALUES ('old', 'running', '2026-11-25 10:00:00')")
+        conn.exec_driver_sql("INSERT INTO shards (run_id, shard_index, first_seq, last_seq, status, attempts) "
+                             "VALUES ('old', 0, 0, 4, 'done', 1)")
+    cat.upgrade()
+    assert cat.revision() == "0002"
+    old = cat.shard("old", 0)
+    assert (old.status, old.attempts, old.worker) == ("done", 1, None)
 
 
 def test_register_run_is_new_once_and_checks_identity(backend):
@@ -177,8 +195,9 @@ def test_shard_life_cycle(backend):
     assert [s.index for s in cat.pending_shards("run1")] == [1]
     assert cat.pending_shards("run1", include_failed=False) == []
     assert cat.claim_shard("run1", 1, max_attempts=1) is False
-    assert cat.claim_shard("run1", 1) is True
+    assert cat.claim_shard("run1", 1, worker="node7:4242") is True
     assert cat.shards("run1")[1].attempts == 2 and cat.shards("run1")[1].error is None
+    assert cat.shard("run1", 1).worker == "node7:4242" and cat.shard("run1", 0).worker is None
     assert cat.mark_shard_failed("run1", 0, "late report") is False  # never downgrades a done shard
     with pytest.raises(CatalogError, match="no shard 7"):
         cat.claim_shard("run1", 7)

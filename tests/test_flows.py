@@ -132,6 +132,27 @@ def dask_workers(proc: subprocess.Popen) -> list[psutil.Process]:
     return out
 
 
+def shard_status(store: Path, shard: int) -> str | None:
+    with sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as con:
+        row = con.execute("select status from shards where shard_index = ?", (shard,)).fetchone()
+    return row[0] if row else None
+
+
+def busy_worker(store: Path, workers: list[psutil.Process]) -> tuple[psutil.Process, int] | None:
+    """A worker process that holds a running shard's claim, and that shard, if any."""
+    by_pid = {w.pid: w for w in workers}
+    try:
+        with sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute("select shard_index, worker from shards where status = 'running'").fetchall()
+    except sqlite3.Error:
+        return None
+    for shard, worker in rows:
+        pid = int(worker.rsplit(":", 1)[1]) if worker else None
+        if pid in by_pid:
+            return by_pid[pid], shard
+    return None
+
+
 def kill_session(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -145,14 +166,12 @@ def test_killed_worker_loses_and_duplicates_nothing(fasta, n_shards, reference, 
     try:
         wait_for(lambda: shard_states(store).get("done", 0) >= 1 and len(dask_workers(proc)) == 2, 400, proc,
                  "the first shard and two workers")
-        workers = dask_workers(proc)
-        for w in workers:
-            w.cpu_percent(None)
-        time.sleep(1.0)
-        load = {w: w.cpu_percent(None) for w in workers}
-        victim = max(workers, key=load.get)  # the busy one: it is scoring a shard
-        assert load[victim] > 30, f"no worker was busy: {load}"
+        # Kill the worker that holds a running shard's claim (the catalog names its pid): mid-scoring.
+        wait_for(lambda: busy_worker(store, dask_workers(proc)) is not None, 300, proc, "a running shard")
+        victim, victim_shard = busy_worker(store, dask_workers(proc))
         victim.send_signal(signal.SIGKILL)
+        # (A shard that finished in the instant between the read and the kill is not a retry case.)
+        killed_mid_shard = shard_status(store, victim_shard) == "running"
         output, _ = proc.communicate(timeout=900)
     finally:
         kill_session(proc)
@@ -164,6 +183,9 @@ def test_killed_worker_loses_and_duplicates_nothing(fasta, n_shards, reference, 
         attempts = con.execute("select sum(attempts), count(*) from shards").fetchone()
     assert states == {"done": n_shards}
     assert attempts[0] > attempts[1], "the shard on the killed worker was retried"
+    with sqlite3.connect(store / "catalog.sqlite") as con:
+        retried, = con.execute("select attempts from shards where shard_index = ?", (victim_shard,)).fetchone()
+    assert retried >= 2 or not killed_mid_shard, f"shard {victim_shard} was running on the killed worker; it must have been claimed again"
 
 
 def test_killed_flow_resumes_and_redoes_only_unfinished_shards(fasta, n_shards, reference, tiny_checkpoint, tmp_path):
