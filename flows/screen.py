@@ -58,10 +58,13 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
         "| seq_id | length | pppl | pppl_ablated | inflation_factor | repeat_fraction |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    def num(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"  # pppl is unknown in triage mode
+
     for row in summary.flagged[:50]:
         lines.append(
-            f"| {row['seq_id']} | {row['length']} | {row['pppl']:.2f} | {row['pppl_ablated']:.2f} | "
-            f"{row['inflation_factor']:.3f} | {row['repeat_fraction']:.2f} |"
+            f"| {row['seq_id']} | {row['length']} | {num(row['pppl'])} | {num(row['pppl_ablated'])} | "
+            f"{num(row['inflation_factor'], 3)} | {num(row['repeat_fraction'])} |"
         )
     if summary.failed_shards:
         lines += ["", f"**Failed shards** (rerun the same command to retry): {summary.failed_shards}"]
@@ -87,6 +90,8 @@ def screen_proteome(
     overwrite: bool = False,
     catalog_url: str | None = None,
     torch_threads: int | None = None,
+    mode: str = "exact",
+    diagnostics: bool = True,
 ) -> dict:
     """Screen ``input`` into ``store``; rerunning the same screen resumes it."""
     logger = get_run_logger()
@@ -98,6 +103,8 @@ def screen_proteome(
         scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
         flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
         shard_tokens=shard_tokens,
+        mode=mode,
+        diagnostics=diagnostics,
     )
     plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url)
     with plan.open_catalog() as catalog:

@@ -6,7 +6,9 @@ version, plmscreen version, model name, checkpoint sha256 and the screen's param
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: triage mode (logp_masked and pll/pppl may be null), per-residue diagnostics for flagged
+#    sequences (logp_random_comask, net_inflation, copy_following, planted_residue), sequences.mode.
+SCHEMA_VERSION = 2
 METADATA_KEY = b"plmscreen"
 
 RESIDUES_SCHEMA = pa.schema(
@@ -14,7 +16,7 @@ RESIDUES_SCHEMA = pa.schema(
         pa.field("seq_id", pa.string(), nullable=False),
         pa.field("pos", pa.int32(), nullable=False),  # 1-based
         pa.field("aa", pa.string(), nullable=False),
-        pa.field("logp_masked", pa.float64(), nullable=False),
+        pa.field("logp_masked", pa.float64()),  # null where triage mode did not mask the residue
         pa.field("logp_unmasked", pa.float64(), nullable=False),
         pa.field("partner_pos", pa.list_(pa.int32()), nullable=False),  # 1-based, empty if none
         pa.field("logp_ablated", pa.float64()),  # null without partners
@@ -22,6 +24,11 @@ RESIDUES_SCHEMA = pa.schema(
         pa.field("inflation", pa.float64()),  # logp_masked - logp_ablated (nats), null without partners
         pa.field("partner_region", pa.list_(pa.int32()), nullable=False),  # region id of each partner
         pa.field("partner_identity", pa.list_(pa.float32()), nullable=False),  # local identity of each pair
+        # Diagnostics (screening.diagnostics), partnered residues of flagged sequences only; else null.
+        pa.field("logp_random_comask", pa.float64()),  # i and |partners| random non-partners masked
+        pa.field("net_inflation", pa.float64()),  # logp_random_comask - logp_ablated (nats)
+        pa.field("copy_following", pa.float64()),  # P(b at i | partners set to b) - P(b at i | ablated)
+        pa.field("planted_residue", pa.string()),  # b, the residue planted in the partner copy
     ]
 )
 
@@ -29,11 +36,11 @@ SEQUENCES_SCHEMA = pa.schema(
     [
         pa.field("seq_id", pa.string(), nullable=False),
         pa.field("length", pa.int32(), nullable=False),
-        pa.field("pll", pa.float64(), nullable=False),  # sum of logp_masked
-        pa.field("pppl", pa.float64(), nullable=False),  # exp(-mean logp_masked)
-        pa.field("pppl_ablated", pa.float64(), nullable=False),  # ablated where partners exist
+        pa.field("pll", pa.float64()),  # sum of logp_masked; null in triage mode
+        pa.field("pppl", pa.float64()),  # exp(-mean logp_masked); null in triage mode
+        pa.field("pppl_ablated", pa.float64()),  # ablated where partners exist; null in triage mode
         pa.field("repeat_fraction", pa.float64(), nullable=False),  # residues with >= 1 partner
-        pa.field("inflation_factor", pa.float64(), nullable=False),  # pppl_ablated / pppl
+        pa.field("inflation_factor", pa.float64()),  # pppl_ablated / pppl = exp(sum inflation / length)
         pa.field("flagged", pa.bool_(), nullable=False),
         pa.field("mean_inflation", pa.float64()),  # over residues with partners; null if none
         pa.field("max_inflation", pa.float64()),
@@ -41,6 +48,9 @@ SEQUENCES_SCHEMA = pa.schema(
         pa.field("n_repeat_regions", pa.int32(), nullable=False),
         pa.field("windowed", pa.bool_(), nullable=False),
         pa.field("sequence_sha256", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # "exact", or "triage" (masked scoring skipped)
+        pa.field("mean_net_inflation", pa.float64()),  # diagnostics of flagged sequences; else null
+        pa.field("mean_copy_following", pa.float64()),
     ]
 )
 

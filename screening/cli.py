@@ -44,15 +44,20 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def _cell(value, width: int, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
 def _format_flagged(rows: list[dict], limit: int = 50) -> str:
     if not rows:
         return "No sequences flagged."
-    header = f"{'seq_id':<28} {'length':>6} {'pppl':>8} {'pppl_abl':>8} {'infl_fac':>8} {'rep_frac':>8}"
+    # pppl columns are '-' in triage mode; copy_f (mean copy-following) is '-' without diagnostics.
+    header = f"{'seq_id':<28} {'length':>6} {'pppl':>8} {'pppl_abl':>8} {'infl_fac':>8} {'rep_frac':>8} {'copy_f':>7}"
     lines = [header, "-" * len(header)]
     for row in rows[:limit]:
         lines.append(
-            f"{row['seq_id'][:28]:<28} {row['length']:>6} {row['pppl']:>8.2f} {row['pppl_ablated']:>8.2f} "
-            f"{row['inflation_factor']:>8.2f} {row['repeat_fraction']:>8.2f}"
+            f"{row['seq_id'][:28]:<28} {row['length']:>6} {_cell(row['pppl'], 8)} {_cell(row['pppl_ablated'], 8)} "
+            f"{_cell(row['inflation_factor'], 8)} {_cell(row['repeat_fraction'], 8)} {_cell(row.get('mean_copy_following'), 7)}"
         )
     if len(rows) > limit:
         lines.append(f"... and {len(rows) - limit} more")
@@ -171,6 +176,8 @@ def screen(
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
     shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences.")] = 4_000_000,
+    mode: Annotated[str, typer.Option(help="exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl).")] = "exact",
+    diagnostics: Annotated[bool, typer.Option(help="Copy-following index and null-corrected inflation for flagged sequences.")] = True,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core).")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: a dask-cuda worker per GPU (needs plmscreen[gpu]).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
@@ -202,6 +209,8 @@ def screen(
             scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
             flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
             shard_tokens=shard_tokens,
+            mode=mode,
+            diagnostics=diagnostics,
         )
         if not in_process:
             from flows.clusters import task_runner
@@ -230,7 +239,7 @@ def screen(
                     batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
                     shard_tokens=shard_tokens, min_inflation_factor=min_inflation_factor,
                     min_repeat_fraction=min_repeat_fraction, skip_invalid=skip_invalid, overwrite=overwrite,
-                    catalog_url=catalog,
+                    catalog_url=catalog, mode=mode, diagnostics=diagnostics,
                 )
         except CatalogError as exc:
             _fail(str(exc), 2)

@@ -4,7 +4,9 @@ Definitions (../shared/docs/science.md):
 - ``pll`` = Σ logp_masked; ``pppl`` = exp(-mean logp_masked) over real residues;
 - ``pppl_ablated`` uses logp_ablated where a residue has partners and logp_masked elsewhere;
 - ``inflation_i`` = logp_masked - logp_ablated; ``inflation_factor`` = pppl_ablated / pppl,
-  which equals exp(repeat_fraction × mean inflation over partnered residues).
+  which equals exp(Σ inflation_i / length), a sum over partnered residues only. That is why
+  triage mode, which scores masked and ablated only at partnered residues of sequences that
+  could be flagged, reaches the same verdict as exact mode (its pll/pppl stay unknown).
 
 Default flag rule (calibration is a later step; both thresholds are parameters): a sequence is
 flagged when at least ``min_repeat_fraction`` of its residues have partners and the repeats make
@@ -38,12 +40,12 @@ class FlagRule:
 @dataclass(frozen=True)
 class SequenceSummary:
     length: int
-    pll: float
-    pppl: float
-    pppl_ablated: float
+    pll: float | None  # None where masked scoring skipped residues (triage mode)
+    pppl: float | None
+    pppl_ablated: float | None
     pppl_unmasked: float
     repeat_fraction: float
-    inflation_factor: float
+    inflation_factor: float | None  # None only where partnered residues were left unscored
     mean_inflation: float | None
     max_inflation: float | None
     flagged: bool
@@ -54,17 +56,24 @@ def summarize(
     logp_unmasked: np.ndarray,
     logp_ablated: np.ndarray,
     rule: FlagRule = FlagRule(),
+    partnered: np.ndarray | None = None,
 ) -> SequenceSummary:
-    """Summarise one sequence; ``logp_ablated`` is NaN where a residue has no partner."""
-    partnered = ~np.isnan(logp_ablated)
+    """Summarise one sequence. ``partnered`` marks residues with repeat partners (default: where
+    ``logp_ablated`` is not NaN); NaN in ``logp_masked`` marks residues triage mode did not score."""
     length = len(logp_masked)
-    pll = float(np.sum(logp_masked))
-    pppl = math.exp(-pll / length)
-    ablated_or_masked = np.where(partnered, logp_ablated, logp_masked)
-    pppl_ablated = math.exp(-float(np.mean(ablated_or_masked)))
-    inflation = (logp_masked - logp_ablated)[partnered]
+    if partnered is None:
+        partnered = ~np.isnan(logp_ablated)
+    scored = ~np.isnan(logp_masked)
     repeat_fraction = float(partnered.mean())
-    inflation_factor = pppl_ablated / pppl
+    inflation = (logp_masked - logp_ablated)[partnered]
+    inflation_known = bool(np.all(scored[partnered]) and not np.isnan(inflation).any())
+    inflation_factor = math.exp(float(inflation.sum()) / length) if inflation_known else None
+    pll = pppl = pppl_ablated = None
+    if scored.all():
+        pll = float(np.sum(logp_masked))
+        pppl = math.exp(-pll / length)
+        ablated_or_masked = np.where(partnered, logp_ablated, logp_masked)
+        pppl_ablated = math.exp(-float(np.mean(ablated_or_masked)))
     return SequenceSummary(
         length=length,
         pll=pll,
@@ -73,7 +82,13 @@ def summarize(
         pppl_unmasked=math.exp(-float(np.mean(logp_unmasked))),
         repeat_fraction=repeat_fraction,
         inflation_factor=inflation_factor,
-        mean_inflation=float(inflation.mean()) if inflation.size else None,
-        max_inflation=float(inflation.max()) if inflation.size else None,
-        flagged=rule.flags(inflation_factor, repeat_fraction),
+        mean_inflation=float(inflation.mean()) if inflation.size and inflation_known else None,
+        max_inflation=float(inflation.max()) if inflation.size and inflation_known else None,
+        flagged=inflation_factor is not None and rule.flags(inflation_factor, repeat_fraction),
     )
+
+
+def could_flag(repeat_fraction: float, rule: FlagRule) -> bool:
+    """Whether any scores could make ``rule`` flag a sequence with this repeat fraction: triage
+    mode scores masked and ablated likelihoods only for these."""
+    return repeat_fraction > 0 and repeat_fraction >= rule.min_repeat_fraction

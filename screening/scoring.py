@@ -108,9 +108,12 @@ def _unmasked_jobs(seq: int, length: int, window: int) -> list[_Job]:
     return [_Job(seq, s, s + window, (), tuple(r), UNMASKED) for s, r in reads.items() if r]
 
 
-def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]], per_copy: int) -> list[_Job]:
+def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]], per_copy: int,
+                 positions: Sequence[int] | None = None) -> list[_Job]:
     windowed = length > window
-    if per_copy == 1 or windowed:
+    if positions is not None:
+        groups = [[i] for i in positions]
+    elif per_copy == 1 or windowed:
         groups = [[i] for i in range(length)]
     else:
         # Approximate mode: positions n_groups apart share a copy, never with one of their partners.
@@ -131,17 +134,19 @@ def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence
     return jobs
 
 
-def _ablated_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]]) -> list[_Job]:
+def _ablated_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]],
+                  positions: Sequence[int] | None = None) -> list[_Job]:
     jobs = []
+    wanted = range(length) if positions is None else positions
     if length > window:
-        for i in range(length):
+        for i in wanted:
             if partners[i]:
                 start = window_start(i, length, window)
                 masked = tuple(j for j in sorted({i, *partners[i]}) if start <= j < start + window)
                 jobs.append(_Job(seq, start, start + window, masked, (i,), ABLATED))
         return jobs
     by_mask_set: dict[tuple[int, ...], list[int]] = {}
-    for i in range(length):
+    for i in wanted:
         if partners[i]:
             by_mask_set.setdefault(tuple(sorted({i, *partners[i]})), []).append(i)
     return [_Job(seq, 0, length, mask_set, tuple(members), ABLATED) for mask_set, members in by_mask_set.items()]
@@ -225,8 +230,13 @@ class Scorer:
         sequences: Sequence[str],
         partners: Sequence[Sequence[Sequence[int]]] | None = None,
         on_sequence_done: Callable[[int, SequenceScores], None] | None = None,
+        positions: Sequence[Sequence[int] | None] | None = None,
     ) -> list[SequenceScores]:
-        """Score ``sequences``; ``partners[s][i]`` are the 0-based partner residues of residue i."""
+        """Score ``sequences``; ``partners[s][i]`` are the 0-based partner residues of residue i.
+
+        ``positions[s]`` restricts masked and ablated scoring of sequence s to those residues (the
+        rest stay NaN; None scores all): triage mode scores only what can change a verdict. The
+        unmasked pass always covers every residue."""
         window = self.loaded.max_residues
         pending: dict[int, _Pending] = {}
         jobs: list[_Job] = []
@@ -235,10 +245,13 @@ class Scorer:
             seq_partners = partners[s] if partners is not None else [()] * length
             if len(seq_partners) != length:
                 raise ValueError(f"sequence {s}: partner map has {len(seq_partners)} entries for {length} residues")
+            subset = None if positions is None or positions[s] is None else sorted(set(positions[s]))
+            if subset is not None and subset and not 0 <= subset[0] <= subset[-1] < length:
+                raise ValueError(f"sequence {s}: positions outside 0..{length - 1}")
             seq_jobs = (
                 _unmasked_jobs(s, length, window)
-                + _masked_jobs(s, length, window, seq_partners, self.options.masks_per_copy)
-                + _ablated_jobs(s, length, window, seq_partners)
+                + _masked_jobs(s, length, window, seq_partners, self.options.masks_per_copy, subset)
+                + _ablated_jobs(s, length, window, seq_partners, subset)
             )
             nan = np.full(length, np.nan, dtype=np.float64)
             scores = SequenceScores(nan.copy(), nan.copy(), nan.copy(), length > window)

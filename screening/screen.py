@@ -29,7 +29,8 @@ import screening
 from schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
 from schema.catalog import Catalog
 from screening.fasta import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
-from screening.metrics import FlagRule, summarize
+from screening.diagnostics import ResidueDiagnostics, residue_diagnostics
+from screening.metrics import FlagRule, could_flag, summarize
 from screening.model import ESM2_MAX_RESIDUES, LoadedModel, file_sha256, load_model, resolve_checkpoint
 from screening.output import with_metadata, write_parquet_atomic
 from screening.repeats import RepeatParams, find_repeats, partner_details
@@ -37,6 +38,9 @@ from screening.scoring import Scorer, ScoringOptions, SequenceScores
 
 
 TABLES = ("residues", "sequences", "repeats")
+
+
+MODES = ("exact", "triage")
 
 
 def run_dir(store: Path, table: str, model_name: str, run_id: str) -> Path:
@@ -56,10 +60,14 @@ class ScreenSettings:
     repeats: RepeatParams = field(default_factory=RepeatParams)
     flag: FlagRule = field(default_factory=FlagRule)
     shard_tokens: int = 4_000_000  # shard cost budget: Σ L·min(L, window) over its sequences
+    mode: str = "exact"  # "triage": masked/ablated scoring only where it can change the flag
+    diagnostics: bool = True  # copy-following and null co-mask columns for flagged sequences
 
     def __post_init__(self):
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens must be positive, got {self.shard_tokens}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got '{self.mode}'")
 
     def parameters(self) -> dict:
         return {
@@ -67,6 +75,8 @@ class ScreenSettings:
             "repeats": dataclasses.asdict(self.repeats),
             "flag": dataclasses.asdict(self.flag),
             "shard_tokens": self.shard_tokens,
+            "mode": self.mode,
+            "diagnostics": self.diagnostics,
         }
 
 
@@ -113,24 +123,36 @@ class ScreenSummary:
         }
 
 
-def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> dict:
+def _nullable(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _residue_columns(record: ProteinRecord, scores: SequenceScores, details, diag: ResidueDiagnostics | None) -> dict:
     length = len(record.sequence)
-    partnered = ~np.isnan(scores.logp_ablated)
-    ablated = [None if np.isnan(v) else float(v) for v in scores.logp_ablated]
-    inflation = [None if not p else float(m - a) for p, m, a in zip(partnered, scores.logp_masked, scores.logp_ablated)]
+    inflation = scores.logp_masked - scores.logp_ablated  # NaN without partners or where unscored
+    none = [None] * length
     return {
         "seq_id": [record.seq_id] * length,
         "pos": list(range(1, length + 1)),
         "aa": list(record.sequence),
-        "logp_masked": scores.logp_masked.tolist(),
+        "logp_masked": _nullable(scores.logp_masked),
         "logp_unmasked": scores.logp_unmasked.tolist(),
         "partner_pos": [[p for p, _, _ in d] for d in details],
-        "logp_ablated": ablated,
+        "logp_ablated": _nullable(scores.logp_ablated),
         "windowed": [scores.windowed] * length,
-        "inflation": inflation,
+        "inflation": _nullable(inflation),
         "partner_region": [[r for _, r, _ in d] for d in details],
         "partner_identity": [[ident for _, _, ident in d] for d in details],
+        "logp_random_comask": none if diag is None else _nullable(diag.logp_random_comask),
+        "net_inflation": none if diag is None else _nullable(diag.logp_random_comask - scores.logp_ablated),
+        "copy_following": none if diag is None else _nullable(diag.copy_following),
+        "planted_residue": none if diag is None else list(diag.substitute),
     }
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
 
 
 def score_shard(
@@ -139,20 +161,39 @@ def score_shard(
     repeat_params: RepeatParams,
     flag_rule: FlagRule,
     on_sequence_done: Callable[[ProteinRecord], None] | None = None,
+    *,
+    mode: str = "exact",
+    diagnostics: bool = False,
 ) -> ShardTables:
-    """Detect repeats, score and summarise ``records``; pure computation, no files."""
+    """Detect repeats, score and summarise ``records``; pure computation, no files.
+
+    ``mode="triage"`` masks only the partnered residues of sequences whose repeat fraction lets
+    the flag rule fire (the verdict depends on nothing else); ``diagnostics`` adds the
+    copy-following and null co-mask columns for flagged sequences."""
     regions = [find_repeats(r.sequence, repeat_params) for r in records]
     details = [partner_details(len(r.sequence), reg) for r, reg in zip(records, regions)]
     partners0 = [[tuple(p - 1 for p, _, _ in d) for d in det] for det in details]
+    partnered = [np.array([bool(p) for p in ps], dtype=bool) for ps in partners0]
+    positions = None
+    if mode == "triage":
+        positions = [np.flatnonzero(m).tolist() if could_flag(float(m.mean()), flag_rule) else [] for m in partnered]
     callback = None if on_sequence_done is None else (lambda s, _scores: on_sequence_done(records[s]))
-    scores = scorer.score([r.sequence for r in records], partners0, callback)
+    scores = scorer.score([r.sequence for r in records], partners0, callback, positions)
+    summaries = [summarize(sc.logp_masked, sc.logp_unmasked, sc.logp_ablated, flag_rule, m)
+                 for sc, m in zip(scores, partnered)]
+
+    diags: list[ResidueDiagnostics | None] = [None] * len(records)
+    flagged = [k for k, summary in enumerate(summaries) if summary.flagged]
+    if diagnostics and flagged:
+        computed = residue_diagnostics(scorer, [records[k].sequence for k in flagged], [partners0[k] for k in flagged])
+        for k, diag in zip(flagged, computed):
+            diags[k] = diag
 
     residue_cols = {name: [] for name in RESIDUES_SCHEMA.names}
     sequence_rows = []
-    for record, seq_scores, det, reg in zip(records, scores, details, regions):
-        for name, values in _residue_columns(record, seq_scores, det).items():
+    for record, seq_scores, det, reg, summary, diag in zip(records, scores, details, regions, summaries, diags):
+        for name, values in _residue_columns(record, seq_scores, det, diag).items():
             residue_cols[name].extend(values)
-        summary = summarize(seq_scores.logp_masked, seq_scores.logp_unmasked, seq_scores.logp_ablated, flag_rule)
         sequence_rows.append(
             {
                 "seq_id": record.seq_id,
@@ -160,6 +201,9 @@ def score_shard(
                 "n_repeat_regions": len(reg),
                 "windowed": seq_scores.windowed,
                 "sequence_sha256": record.sha256,
+                "mode": mode,
+                "mean_net_inflation": None if diag is None else _mean_or_none(diag.logp_random_comask - seq_scores.logp_ablated),
+                "mean_copy_following": None if diag is None else _mean_or_none(diag.copy_following),
             }
         )
     return ShardTables(
@@ -344,7 +388,8 @@ def process_shard(
     catalog.claim_shard(plan.run_id, shard, stale_after=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     started = time.perf_counter()
     try:
-        tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done)
+        tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done,
+                             mode=plan.settings.mode, diagnostics=plan.settings.diagnostics)
         files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
     except Exception as exc:
         catalog.mark_shard_failed(plan.run_id, shard, f"{type(exc).__name__}: {exc}")

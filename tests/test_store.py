@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from schema.arrow import METADATA_KEY
+from schema.arrow import METADATA_KEY, SCHEMA_VERSION
 from screening import store as st
 from screening.cli import app
 from screening.screen import ScreenSettings, run_screen
@@ -372,13 +372,13 @@ def _rewrite_metadata(path: Path, version: int | None) -> None:
 
 
 @pytest.mark.parametrize("version,message", [
-    (2, "has Parquet schema version 2, newer than this plmscreen"),
+    (3, "has Parquet schema version 3, newer than this plmscreen"),
     (0, "has Parquet schema version 0, older than this plmscreen"),
     (None, "has no plmscreen metadata: not written by plmscreen"),
 ])
 def test_unknown_schema_versions_fail_with_a_clear_message(shared, tmp_path, version, message):
     store = copy_store(shared, tmp_path / "store")
-    assert st.check_schema_versions(store) == {1: len(st.data_files(store))}
+    assert st.check_schema_versions(store) == {SCHEMA_VERSION: len(st.data_files(store))}
     victim = sorted(store.glob("sequences/model=*/run=*/part-*.parquet"))[-1]
     _rewrite_metadata(victim, version)
     with pytest.raises(st.SchemaVersionError, match=message) as excinfo:
@@ -389,7 +389,24 @@ def test_unknown_schema_versions_fail_with_a_clear_message(shared, tmp_path, ver
 
 
 def test_file_schema_version_reads_the_footer(store):
-    assert {st.file_schema_version(p) for p in st.data_files(store)} == {1}
+    assert {st.file_schema_version(p) for p in st.data_files(store)} == {SCHEMA_VERSION}
+
+
+def test_version_1_files_query_alongside_version_2(shared, tmp_path):
+    """Stores written before triage and diagnostics existed still read: new columns are null there."""
+    store = copy_store(shared, tmp_path / "store")
+    old = sorted(store.glob("sequences/model=*/run=*/part-*.parquet"))[0]
+    table = pq.read_table(old)
+    v1 = table.drop_columns(["mode", "mean_net_inflation", "mean_copy_following"])
+    meta = dict(table.schema.metadata)
+    meta[METADATA_KEY] = json.dumps({**json.loads(meta[METADATA_KEY]), "schema_version": 1}).encode()
+    pq.write_table(v1.replace_schema_metadata(meta), old)
+    assert st.check_schema_versions(store) == {1: 1, SCHEMA_VERSION: len(st.data_files(store)) - 1}
+    ids = set(table.column("seq_id").to_pylist())
+    rows = st.query(store, "SELECT seq_id, mode FROM sequences").to_pylist()
+    rows = [(r["seq_id"], r["mode"]) for r in rows]
+    assert {seq for seq, mode in rows if mode is None} == ids
+    assert all(mode == "exact" for seq, mode in rows if seq not in ids)
 
 
 # ---------------------------------------------------------------------------------------------

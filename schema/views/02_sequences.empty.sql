@@ -6,5 +6,6 @@ SELECT * FROM (
            NULL::DOUBLE AS pppl_ablated, NULL::DOUBLE AS repeat_fraction, NULL::DOUBLE AS inflation_factor,
            NULL::BOOLEAN AS flagged, NULL::DOUBLE AS mean_inflation, NULL::DOUBLE AS max_inflation,
            NULL::DOUBLE AS pppl_unmasked, NULL::INTEGER AS n_repeat_regions, NULL::BOOLEAN AS windowed,
-           NULL::VARCHAR AS sequence_sha256
+           NULL::VARCHAR AS sequence_sha256, NULL::VARCHAR AS mode, NULL::DOUBLE AS mean_net_inflation,
+           NULL::DOUBLE AS mean_copy_following
 ) WHERE false;

@@ -1,0 +1,152 @@
+"""Triage mode reaches exact mode's verdicts; the per-residue diagnostics are what they say they are.
+
+The bundled model copies (it is the positive control), so flags and copy-following are real here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from screening.diagnostics import STANDARD, residue_diagnostics
+from screening.fasta import ProteinRecord, read_fasta
+from screening.metrics import FlagRule, could_flag
+from screening.repeats import RepeatParams
+from screening.scoring import Scorer, ScoringOptions
+from screening.screen import score_shard
+from tests.test_flows import REPO
+
+
+@pytest.fixture(scope="module")
+def mini():
+    from screening.model import load_model
+
+    return load_model("plmscreen-mini", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def records():
+    real = [r for r in read_fasta(REPO / "examples" / "sample.fasta").records[:10]]
+    real = [ProteinRecord(r.seq_id, r.sequence[:150], r.description) if len(r.sequence) > 150 else r for r in real]
+    unit = real[2].sequence[:45]
+    doubled = ProteinRecord("doubled", unit + unit, "")
+    mutated = list(unit)
+    for k in range(0, 45, 5):  # ~80% identity second copy
+        mutated[k] = "W" if mutated[k] != "W" else "A"
+    imperfect = ProteinRecord("imperfect", real[3].sequence[:40] + unit + real[4].sequence[:20] + "".join(mutated), "")
+    return real + [doubled, imperfect]
+
+
+@pytest.fixture(scope="module")
+def both_modes(mini, records):
+    scorer = Scorer(mini, ScoringOptions())
+    exact = score_shard(scorer, records, RepeatParams(), FlagRule(), mode="exact", diagnostics=True)
+    triage = score_shard(scorer, records, RepeatParams(), FlagRule(), mode="triage", diagnostics=True)
+    return exact, triage
+
+
+def test_triage_flags_exactly_what_exact_mode_flags(both_modes):
+    exact, triage = (t.sequences.to_pylist() for t in both_modes)
+    assert [r["seq_id"] for r in exact] == [r["seq_id"] for r in triage]
+    assert sum(r["flagged"] for r in exact) >= 2, "the constructs must be flagged, or this test proves nothing"
+    assert sum(not r["flagged"] for r in exact) >= 5
+    for e, t in zip(exact, triage):
+        assert t["flagged"] == e["flagged"], e["seq_id"]
+        assert (e["mode"], t["mode"]) == ("exact", "triage")
+        assert e["pppl"] is not None
+        if t["repeat_fraction"] == 1.0 and could_flag(1.0, FlagRule()):  # every residue was masked anyway
+            assert t["pppl"] == pytest.approx(e["pppl"], rel=1e-6)
+        else:
+            assert t["pll"] is None and t["pppl"] is None
+        assert t["repeat_fraction"] == e["repeat_fraction"]
+        assert t["pppl_unmasked"] == pytest.approx(e["pppl_unmasked"], rel=1e-6)
+        if t["inflation_factor"] is not None:
+            assert t["inflation_factor"] == pytest.approx(e["inflation_factor"], rel=1e-6)
+            assert t["inflation_factor"] == pytest.approx(e["pppl_ablated"] / e["pppl"], rel=1e-6)
+        else:  # only where the rule cannot fire whatever the scores
+            assert not could_flag(e["repeat_fraction"], FlagRule())
+        if e["flagged"]:
+            assert t["mean_copy_following"] == pytest.approx(e["mean_copy_following"], abs=1e-6)
+
+
+def test_triage_masks_only_partnered_residues_of_flaggable_sequences(both_modes):
+    exact, triage = (t.residues.to_pylist() for t in both_modes)
+    fractions = {r["seq_id"]: r["repeat_fraction"] for r in both_modes[1].sequences.to_pylist()}
+    skipped = 0
+    for e, t in zip(exact, triage):
+        assert (e["seq_id"], e["pos"]) == (t["seq_id"], t["pos"])
+        assert t["logp_unmasked"] == pytest.approx(e["logp_unmasked"], abs=1e-5)
+        should_score = bool(e["partner_pos"]) and could_flag(fractions[e["seq_id"]], FlagRule())
+        if should_score:
+            assert t["logp_masked"] == pytest.approx(e["logp_masked"], abs=1e-5)
+            assert t["logp_ablated"] == pytest.approx(e["logp_ablated"], abs=1e-5)
+        else:
+            assert t["logp_masked"] is None and t["inflation"] is None
+            skipped += 1
+    assert skipped > 0.4 * len(exact), "triage must skip much of the masked scoring on this set"
+
+
+def naive_logp_row(mini, sequence: str, masked) -> torch.Tensor:
+    """Full log-prob row at every token from fair-esm's stock forward, batch 1 (residue i is token i+1)."""
+    a = mini.alphabet
+    tokens = torch.tensor([[a.cls_idx] + [a.get_idx(c) for c in sequence] + [a.eos_idx]])
+    for i in masked:
+        tokens[0, i + 1] = a.mask_idx
+    with torch.no_grad():
+        return torch.log_softmax(mini.model(tokens)["logits"][0], -1)
+
+
+def test_diagnostics_match_an_independent_forward(mini):
+    unit = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV"
+    seq = "GSDE" + unit + "PNGT" + unit
+    offset = len(unit) + 4
+    partners = [()] * len(seq)
+    partners = [((i + offset,) if 4 <= i < 4 + len(unit) else (i - offset,) if i >= 4 + offset else ()) for i in range(len(seq))]
+    diag = residue_diagnostics(Scorer(mini, ScoringOptions(batch_tokens=300)), [seq], [partners], null_draws=2)[0]
+    a = mini.alphabet
+    for i in (5, 20, 4 + offset + 3):
+        j = partners[i][0]
+        # Null co-masks: i plus one random non-partner position, twice.
+        masks = diag.null_masks[i]
+        assert len(masks) == 2 and all(len(m) == 2 and i in m and j not in m for m in masks)
+        expected = np.mean([naive_logp_row(mini, seq, m)[i + 1, a.get_idx(seq[i])].item() for m in masks])
+        assert diag.logp_random_comask[i] == pytest.approx(expected, abs=1e-4)
+        # Copy-following: b is the least likely standard residue at i with the partner masked too.
+        ablated = naive_logp_row(mini, seq, [i, j])[i + 1]
+        b = diag.substitute[i]
+        candidates = [c for c in STANDARD if c not in (seq[i], seq[j])]
+        assert b == min(candidates, key=lambda c: ablated[a.get_idx(c)].item())
+        planted = seq[:j] + b + seq[j + 1 :]
+        followed = naive_logp_row(mini, planted, [i])[i + 1, a.get_idx(b)].exp().item()
+        assert diag.copy_following[i] == pytest.approx(followed - ablated[a.get_idx(b)].exp().item(), abs=1e-4)
+    assert np.isnan(diag.copy_following[:4]).all() and np.isnan(diag.logp_random_comask[:4]).all()
+    # The positive-control model copies: planting b in the partner copy raises P(b) at i nearly
+    # everywhere. (Only by ~0.02 in probability: this small model does not override its priors.)
+    following = diag.copy_following[~np.isnan(diag.copy_following)]
+    assert (following > 0).mean() > 0.9 and following.mean() > 0.005
+    again = residue_diagnostics(Scorer(mini), [seq], [partners], null_draws=2)[0]
+    np.testing.assert_allclose(again.logp_random_comask, diag.logp_random_comask, atol=1e-5)  # seeded draws
+
+
+def test_random_weights_do_not_follow_the_copy(tiny_model):
+    """The index can be ~0: a model that does not copy does not follow a planted partner residue."""
+    unit = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEV"
+    seq = unit + unit
+    partners = [((i + 32,) if i < 32 else (i - 32,)) for i in range(64)]
+    diag = residue_diagnostics(Scorer(tiny_model), [seq], [partners], null_draws=1)[0]
+    assert abs(np.nanmean(diag.copy_following)) < 0.002
+
+
+def test_diagnostics_fill_only_flagged_sequences(both_modes):
+    residues = both_modes[0].residues.to_pylist()
+    flagged = {r["seq_id"] for r in both_modes[0].sequences.to_pylist() if r["flagged"]}
+    for row in residues:
+        has = row["copy_following"] is not None
+        assert has == (row["seq_id"] in flagged and bool(row["partner_pos"]))
+        if has:
+            assert row["net_inflation"] == pytest.approx(row["logp_random_comask"] - row["logp_ablated"], abs=1e-12)
+            assert row["planted_residue"] in STANDARD
+    doubled = [r for r in residues if r["seq_id"] == "doubled"]
+    # The look-up is more than the cost of an extra mask: net inflation stays positive on average.
+    assert np.mean([r["net_inflation"] for r in doubled]) > 0.05
