@@ -80,8 +80,9 @@ def histogram_svg(rows: list[dict], min_inflation_factor: float | None) -> str:
 
     fig = _figure(11, 3.6)
     ax = fig.add_subplot()
+    rows = [r for r in rows if r["inflation_factor"] is not None]  # triage leaves unflaggable ones unknown
     values = np.array([r["inflation_factor"] for r in rows], dtype=float)
-    flagged = np.array([bool(r["flagged"]) for r in rows])
+    flagged = np.array([bool(r["flagged"]) for r in rows], dtype=bool)
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.9, 1.1)
     if min_inflation_factor is not None:
         lo, hi = min(lo, min_inflation_factor), max(hi, min_inflation_factor)
@@ -204,12 +205,20 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
     if flagged:
         parts.append(_table(flagged, [("seq_id", "sequence"), ("length", "length"), ("pppl", "pppl"),
                                       ("pppl_ablated", "pppl ablated"), ("inflation_factor", "inflation factor"),
-                                      ("repeat_fraction", "repeat fraction"), ("n_repeat_regions", "regions"),
+                                      ("repeat_fraction", "repeat fraction"),
+                                      ("mean_net_inflation", "net inflation (nats)"),
+                                      ("mean_copy_following", "copy-following"), ("n_repeat_regions", "regions"),
                                       ("regions", "repeat regions (start-end~partner, identity, mean inflation)")],
                             anchors))
     else:
         parts.append("<p>No sequence was flagged.</p>")
 
+    if flagged:
+        parts.append("<p class=\"note\">Net inflation: mean over repeat residues of the log-probability with "
+                     "as many random non-partner positions co-masked minus that with the partners co-masked, i.e. the "
+                     "inflation beyond what an extra mask costs. Copy-following: how much planting a residue the model "
+                     "disfavours in the partner copy raises its probability at the residue (0 = ignores the copy, "
+                     "1 = copies it). Both are blank when the screen ran without diagnostics.</p>")
     parts.append("<h2>Inflation factor</h2><p class=\"note\">pppl with repeat partners masked divided by the plain "
                  "pseudo-perplexity; above 1 the repeats make the sequence look more likely than it is.</p>")
     parts.append(f"<figure>{histogram_svg(sequences, info['min_inflation_factor'])}</figure>")

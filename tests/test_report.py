@@ -56,6 +56,7 @@ def test_report_flagged_table_and_tracks(shared, report_b):
     for (anchor, _, cells), row in zip(rows, flagged):
         assert f">{row['length']}<" in cells
         assert f">{row['inflation_factor']:.4f}<" in cells and f">{row['pppl']:.4f}<" in cells
+        assert f">{row['mean_copy_following']:.4f}<" in cells and f">{row['mean_net_inflation']:.4f}<" in cells
         assert f'id="{anchor}"' in page
     pairs = [p for p in parquet_rows(shared.root, "repeats") if p["run"] == shared.run_b]
     for p in pairs:

@@ -163,6 +163,22 @@ def test_top_inflated_residues(shared, store, k, min_inflation):
     assert len(got) == min(k, len(expected)) and got
 
 
+def test_copy_following_query_lists_diagnosed_residues_of_flagged_sequences(shared, store):
+    residues = [r for r in parquet_rows(store, "residues") if r["run"] == shared.run_a]
+    flagged = {r["seq_id"] for r in parquet_rows(store, "sequences") if r["run"] == shared.run_a and r["flagged"]}
+    diagnosed = [r for r in residues if r["copy_following"] is not None]
+    assert diagnosed and {r["seq_id"] for r in diagnosed} == flagged
+    expected = sorted(diagnosed, key=lambda r: (-r["copy_following"], r["seq_id"], r["pos"]))[:7]
+    got = st.query_named(store, "copy_following", {"k": "7", "run": shared.run_a}).to_pylist()
+    assert [(r["seq_id"], r["pos"], r["planted_residue"]) for r in got] == \
+        [(r["seq_id"], r["pos"], r["planted_residue"]) for r in expected]
+    assert [r["net_inflation"] for r in got] == pytest.approx([r["net_inflation"] for r in expected])
+    flagged_view = st.query(store, f"SELECT seq_id, mean_copy_following FROM flagged WHERE run = '{shared.run_a}'").to_pylist()
+    for row in flagged_view:
+        own = [r["copy_following"] for r in diagnosed if r["seq_id"] == row["seq_id"]]
+        assert row["mean_copy_following"] == pytest.approx(sum(own) / len(own))
+
+
 def test_compare_runs_deltas_and_flag_changes(shared, store):
     seqs = by_key(parquet_rows(store, "sequences"), "run", "seq_id")
     got = st.query_named(store, "compare_runs", {"run_a": shared.run_a, "run_b": shared.run_b}).to_pylist()
@@ -198,7 +214,7 @@ def test_repeat_free_baseline_quantiles(shared, store):
 
 def test_named_query_catalogue_and_parameter_errors(store):
     queries = st.named_queries()
-    assert {"flagged", "top_inflated_residues", "compare_runs", "repeat_free_baseline"} <= set(queries)
+    assert {"flagged", "top_inflated_residues", "compare_runs", "repeat_free_baseline", "copy_following"} <= set(queries)
     listing = cli("query", store, "--list")
     assert listing.exit_code == 0 and "compare_runs run_a=<varchar> run_b=<varchar>" in listing.stdout
     for args, message in [
