@@ -80,7 +80,7 @@ def screen_proteome(
     model: str = "plmscreen-mini",
     weights_dir: str | None = None,
     device: str = "auto",
-    batch_tokens: int = 4096,
+    batch_tokens: int | None = None,
     precision: str = "fp32",
     masks_per_copy: int = 1,
     shard_tokens: int = 4_000_000,

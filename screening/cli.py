@@ -170,8 +170,8 @@ def screen(
     model: Annotated[str, typer.Option(help="plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path.")] = "plmscreen-mini",
     weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_tokens: Annotated[int, typer.Option(help="Token budget per forward batch (raise on GPUs).")] = 4096,
-    precision: Annotated[str, typer.Option(help="fp32 (exact) or bf16 (faster, approximate).")] = "fp32",
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per forward batch (default: 4096 on CPU, sized from free memory on a GPU).")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 (exact), or bf16/fp16 autocast (faster on GPUs, approximate: see bench/results/precision_*; fp16 is CUDA only).")] = "fp32",
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
@@ -310,10 +310,8 @@ def repeats(
 
 
 from screening.cli_store import register as _register_store_commands  # noqa: E402
-from screening.cli_validate import register as _register_validate_command  # noqa: E402
 
 _register_store_commands(app)
-_register_validate_command(app)
 
 
 def main() -> None:

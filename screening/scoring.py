@@ -26,20 +26,22 @@ from screening.forward import logprobs_at
 from screening.model import LoadedModel
 
 MASKED, ABLATED, UNMASKED, PROBE = 0, 1, 2, 3
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CPU_BATCH_TOKENS = 4096  # measured best on this project's CPUs (bench/results/scoring_*_cpu2t.md)
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 ENGINES = ("plmscreen", "fair-esm")
 
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    batch_tokens: int = 4096  # measured best on CPU (bench/results); raise it on GPUs
-    precision: str = "fp32"  # bf16 autocast is opt-in: it moves log-probs (see bench/results)
+    batch_tokens: int | None = None  # None: 4096 on CPU, sized from free GPU memory on CUDA
+    precision: str = "fp32"  # bf16/fp16 autocast is opt-in: it moves log-probs (bench/results/precision_*)
     masks_per_copy: int = 1  # >1 is an approximation: far-apart, non-partner positions share a copy
     engine: str = "plmscreen"  # "fair-esm" runs the stock forward (reference, slower)
 
     def __post_init__(self):
-        if self.batch_tokens < 1:
-            raise ValueError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be positive (or None for automatic), got {self.batch_tokens}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
         if self.masks_per_copy < 1:
@@ -169,12 +171,28 @@ def _batches(jobs: list[_Job], batch_tokens: int) -> list[list[_Job]]:
     return batches
 
 
+def auto_batch_tokens(loaded: LoadedModel, memory_fraction: float = 0.6) -> int:
+    """Token budget per batch: CPU_BATCH_TOKENS on CPU; on CUDA, what fits in ``memory_fraction`` of
+    the free memory. Inference keeps about 12 activations of width d per token alive at once (the
+    residual stream, q/k/v, attention output and the 4d feed-forward), in the compute dtype; SDPA's
+    fused kernels need no L x L matrix. A batch that still runs out of memory is split in two."""
+    if loaded.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    width = loaded.model.embed_dim
+    bytes_per_token = 12 * width * 4
+    return int(min(max(memory_fraction * free / bytes_per_token, 1024), 1 << 20))
+
+
 class Scorer:
     """Scores sequences with one loaded model; reuse it across shards (the model is loaded once)."""
 
     def __init__(self, loaded: LoadedModel, options: ScoringOptions = ScoringOptions()):
         self.loaded = loaded
+        if options.precision == "fp16" and loaded.device.type != "cuda":
+            raise ValueError("fp16 autocast needs a CUDA device; on CPU use fp32 (exact) or bf16")
         self.options = options
+        self.batch_tokens = options.batch_tokens or auto_batch_tokens(loaded)
         alphabet = loaded.alphabet
         self._bos, self._eos = alphabet.cls_idx, alphabet.eos_idx
         self._pad, self._mask = alphabet.padding_idx, alphabet.mask_idx
@@ -186,8 +204,8 @@ class Scorer:
     def _forward(self, tokens: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         device = self.loaded.device
         autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if self.options.precision == "bf16"
+            torch.autocast(device_type=device.type, dtype=_AUTOCAST[self.options.precision])
+            if self.options.precision in _AUTOCAST
             else nullcontext()
         )
         with autocast:
@@ -213,6 +231,22 @@ class Scorer:
             query[row, : len(job.read)] = torch.tensor(job.read) - job.start + 1
         device = self.loaded.device
         return self._forward(tokens.to(device), query.to(device)).float().cpu()
+
+    def _split_on_oom(self, batch: list[_Job], run: Callable[[list[_Job]], None]) -> None:
+        """Run ``batch``; if the GPU runs out of memory, run it as two halves (recursively) and keep
+        the smaller budget for later batches. Results are per copy, so nothing changes but speed."""
+        try:
+            run(batch)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if self.loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            width = max(j.stop - j.start for j in batch) + 2
+            self.batch_tokens = max(width, min(self.batch_tokens, half * width))
+            self._split_on_oom(batch[:half], run)
+            self._split_on_oom(batch[half:], run)
 
     def _run_batch(self, batch: list[_Job], pending: dict[int, _Pending]) -> None:
         logp = self._batch_logprobs(batch, lambda s: pending[s].tokens)
@@ -258,8 +292,8 @@ class Scorer:
             pending[s] = _Pending(scores, len(seq_jobs), self.encode(sequence))
             jobs += seq_jobs
         with torch.inference_mode():
-            for batch in _batches(jobs, self.options.batch_tokens):
-                self._run_batch(batch, pending)
+            for batch in _batches(jobs, self.batch_tokens):
+                self._split_on_oom(batch, lambda b: self._run_batch(b, pending))
                 if on_sequence_done is not None:
                     for s in sorted({j.seq for j in batch}):
                         if pending[s].jobs_left == 0:
@@ -286,11 +320,14 @@ class Scorer:
             masked = tuple(sorted({i for i in probe.masked if start <= i < stop}))
             jobs.append(_Job(k, start, stop, masked, tuple(probe.read), PROBE))
         out: list[np.ndarray | None] = [None] * len(probes)
+        def run(batch):
+            logp = self._batch_logprobs(batch, lambda k: tokens[probes[k].seq])
+            for row, job in enumerate(batch):
+                out[job.seq] = logp[row, : len(job.read)].double().numpy()
+
         with torch.inference_mode():
-            for batch in _batches(jobs, self.options.batch_tokens):
-                logp = self._batch_logprobs(batch, lambda k: tokens[probes[k].seq])
-                for row, job in enumerate(batch):
-                    out[job.seq] = logp[row, : len(job.read)].double().numpy()
+            for batch in _batches(jobs, self.batch_tokens):
+                self._split_on_oom(batch, run)
         return out
 
     def token_index(self, aa: str) -> int:

@@ -204,3 +204,46 @@ def test_probe_gives_full_rows_for_arbitrary_mask_sets(tiny_model, scored):
     assert rows[-1][1, a.get_idx(SEQS[1][5])] == pytest.approx(results[1].logp_unmasked[5], abs=1e-5)
     with pytest.raises(ValueError, match="probe 0"):
         Scorer(tiny_model).probe(SEQS, [Probe(1, (), (99,))])
+
+
+def test_out_of_memory_batches_are_split_and_give_the_same_numbers(tiny_model, scored):
+    partners, expected = scored
+    scorer = Scorer(tiny_model, ScoringOptions(batch_tokens=4096))
+    forward = scorer._forward
+    sizes = []
+
+    def small_gpu(tokens, query):
+        sizes.append(tokens.shape[0])
+        if tokens.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(tokens, query)
+
+    scorer._forward = small_gpu
+    got = scorer.score(SEQS, partners)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.logp_masked, e.logp_masked, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(g.logp_ablated, e.logp_ablated, atol=1e-5, rtol=0)
+    assert max(sizes) > 3 and scorer.batch_tokens < 4096  # it tried, split, and kept the smaller budget
+    one = Scorer(tiny_model, ScoringOptions(batch_tokens=1))
+    one._forward = lambda tokens, query: (_ for _ in ()).throw(torch.OutOfMemoryError("even one row"))
+    with pytest.raises(torch.OutOfMemoryError):
+        one.score(SEQS[:1])
+
+
+def test_automatic_batch_size_follows_free_gpu_memory(tiny_model, monkeypatch):
+    from types import SimpleNamespace
+
+    from screening.scoring import CPU_BATCH_TOKENS, auto_batch_tokens
+
+    assert Scorer(tiny_model, ScoringOptions(batch_tokens=None)).batch_tokens == CPU_BATCH_TOKENS
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    gpu = SimpleNamespace(device=torch.device("cuda"), model=SimpleNamespace(embed_dim=1280))
+    tokens = auto_batch_tokens(gpu)
+    assert tokens == int(0.6 * 40 * 2**30 / (12 * 1280 * 4))  # ~420k tokens for 650M on 40 GiB free
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * 2**30, 80 * 2**30))
+    assert auto_batch_tokens(gpu) < tokens
+
+
+def test_fp16_needs_cuda(tiny_model):
+    with pytest.raises(ValueError, match="fp16 autocast needs a CUDA device"):
+        Scorer(tiny_model, ScoringOptions(precision="fp16"))
