@@ -126,9 +126,12 @@ def test_deployments_register_with_cron_schedules(server, tmp_path):
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-4000:]
     deployments = {d["name"]: d for d in api(url, "/deployments/filter", {})}
-    assert set(deployments) == {"ecoli-weekly", "human-monthly", "sample-nightly"}
+    assert set(deployments) == {"ecoli-weekly", "human-monthly", "human-weekly-triage", "sample-nightly"}
     crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
-    assert crons == {"ecoli-weekly": ["0 2 * * 1"], "human-monthly": ["0 3 1 * *"], "sample-nightly": ["30 1 * * *"]}
+    assert crons == {"ecoli-weekly": ["0 2 * * 1"], "human-monthly": ["0 3 1 * *"], "human-weekly-triage": ["0 4 * * 3"],
+                     "sample-nightly": ["30 1 * * *"]}
+    assert deployments["human-weekly-triage"]["parameters"]["mode"] == "triage"
+    assert deployments["human-monthly"]["parameters"]["mode"] == "exact"
     assert deployments["ecoli-weekly"]["work_pool_name"] == "plmscreen-gpu"
     assert deployments["ecoli-weekly"]["parameters"]["model"] == "esm2_t33_650M_UR50D"
     assert deployments["sample-nightly"]["parameters"]["model"] == "plmscreen-mini"
