@@ -115,7 +115,7 @@ def _plot_unit_length(e: Experiment, ax) -> None:
 
 
 def _plot_controls(e: Experiment, ax) -> None:
-    labels = ["net inflation\n(random − partner\nco-masked)", "x next to x vs\nnext to shuffle", "s‖s vs s"]
+    labels = ["net inflation\n(random − partner\nco-masked)", "x next to x vs\nnext to shuffle", "inflation in s‖s"]
     checks = e.checks
     x = np.arange(len(checks))
     ax.bar(x, [c.mean for c in checks], yerr=[[c.mean - c.ci_low for c in checks], [c.ci_high - c.mean for c in checks]],
