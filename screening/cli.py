@@ -310,8 +310,10 @@ def repeats(
 
 
 from screening.cli_store import register as _register_store_commands  # noqa: E402
+from screening.cli_validate import register as _register_validate_command  # noqa: E402
 
 _register_store_commands(app)
+_register_validate_command(app)
 
 
 def main() -> None:
