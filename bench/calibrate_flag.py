@@ -269,7 +269,7 @@ def markdown(r: dict) -> str:
         "| rule | " + header.split("\n")[0][2:],
         "|---" + header.split("\n")[1],
         "| **chosen** " + _row(c),
-        "| FlagRule() default " + _row(d),
+        "| default when this ran " + _row(d),
         "",
         f"E. coli proteins flagged at the chosen rule ({len(r['flagged_ecoli_at_chosen'])}): "
         + (", ".join(f"{x['seq_id'].split('|')[-1]} ({x['inflation_factor']:.2f}, {x['repeat_fraction']:.2f})"

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 import screening
+from screening.metrics import FlagRule
 
 app = typer.Typer(
     add_completion=False,
@@ -173,8 +174,8 @@ def screen(
     batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per forward batch (default: 4096 on CPU, sized from free memory on a GPU).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 (exact), or bf16/fp16 autocast (faster on GPUs, approximate: see bench/results/precision_*; fp16 is CUDA only).")] = "fp32",
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
-    min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this.")] = 1.10,
-    min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = 0.05,
+    min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*).")] = FlagRule.min_inflation_factor,
+    min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = FlagRule.min_repeat_fraction,
     shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences.")] = 4_000_000,
     mode: Annotated[str, typer.Option(help="exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl).")] = "exact",
     diagnostics: Annotated[bool, typer.Option(help="Copy-following index and null-corrected inflation for flagged sequences.")] = True,

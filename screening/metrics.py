@@ -8,10 +8,14 @@ Definitions (../shared/docs/science.md):
   triage mode, which scores masked and ablated only at partnered residues of sequences that
   could be flagged, reaches the same verdict as exact mode (its pll/pppl stay unknown).
 
-Default flag rule (calibration is a later step; both thresholds are parameters): a sequence is
-flagged when at least ``min_repeat_fraction`` of its residues have partners and the repeats make
-its pseudo-perplexity look at least ``min_inflation_factor`` times better than with the partner
-copies masked.
+Default flag rule (both thresholds are parameters): a sequence is flagged when at least
+``min_repeat_fraction`` of its residues have partners and the repeats make its pseudo-perplexity
+look at least ``min_inflation_factor`` times better than with the partner copies masked.
+The defaults come from ``bench/calibrate_flag.py`` (bench/results/calibration_plmscreen-mini.md):
+1.05 is the most sensitive factor with no flag on 500 repeat-free proteins (shuffles, decoys) and
+above the 99th percentile of the factor where the detector finds spurious partners; 0.05 binds on
+none of the calibration sets and keeps triage cheap. Inflation is model-specific: recalibrate
+with the model a screen uses.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FlagRule:
-    min_inflation_factor: float = 1.10
+    min_inflation_factor: float = 1.05
     min_repeat_fraction: float = 0.05
 
     def __post_init__(self):
