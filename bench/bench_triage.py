@@ -170,7 +170,7 @@ Machine: {r['machine']}; torch threads {r['torch_threads']}. Command: `{r['comma
 Flag rule: inflation factor >= {r['rule']['min_inflation_factor']} and repeat fraction >= {r['rule']['min_repeat_fraction']}.
 
 - **proteome**: {p['n_sequences']} proteins sampled (seeded) from the E. coli K-12 proteome, {p['n_residues']:,} residues;
-- **cases**: {c['n_sequences']} validation cases that must be flagged: doubled proteins, inserted imperfect
+- **cases**: {c['n_sequences']} validation cases, repeat carriers whose exact-mode flags triage must reproduce: doubled proteins, inserted imperfect
   copies (70-95% identity) and tandem-repeat PDB chains from the repeat benchmark; {c['n_residues']:,} residues.
 
 Same process, same loaded model, modes interleaved over {len(p['all_rounds']['exact'])} rounds, the faster round kept.
