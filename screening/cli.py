@@ -159,9 +159,21 @@ def _prefect_api():
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
+            _flush_api_logs()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _flush_api_logs() -> None:
+    """Send the flow's queued log records while the temporary server still runs; otherwise the
+    log worker retries them at exit and prints 'Error logging to API' after the results."""
+    from prefect.logging.handlers import APILogWorker
+
+    try:
+        APILogWorker.drain_all(timeout=10)
+    except Exception:  # a failed flush only loses log lines the terminal already showed
+        pass
 
 
 @app.command()
