@@ -150,3 +150,39 @@ def test_diagnostics_fill_only_flagged_sequences(both_modes):
     doubled = [r for r in residues if r["seq_id"] == "doubled"]
     # The look-up is more than the cost of an extra mask: net inflation stays positive on average.
     assert np.mean([r["net_inflation"] for r in doubled]) > 0.05
+
+
+def test_cli_triage_screen_report_and_flagged_query(tmp_path):
+    """--mode triage end to end: the summary table, the stored mode, and a report over null pppl."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from screening import store as st
+
+    records = read_fasta(REPO / "examples" / "sample.fasta").records
+    chosen = [r for r in records if r.seq_id in {"pdb|2QSK|A", "sp|Q2EEQ3|YAHH_ECOLI", "sp|P02358|RS6_ECOLI", "sp|P00894|ILVH_ECOLI"}]
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{r.seq_id}\n{r.sequence}\n" for r in chosen))
+    out = tmp_path / "store"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "screening.cli", *args], capture_output=True, text=True, timeout=600)
+
+    result = cli("screen", str(fasta), "--out", str(out), "--mode", "triage", "--in-process", "--device", "cpu",
+                 "--no-progress", "--no-diagnostics")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["seq_id"]: r for f in out.glob("sequences/*/*/part-*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert {r["mode"] for r in rows.values()} == {"triage"}
+    assert rows["pdb|2QSK|A"]["flagged"] and rows["sp|Q2EEQ3|YAHH_ECOLI"]["flagged"]
+    assert not rows["sp|P02358|RS6_ECOLI"]["flagged"] and rows["sp|P02358|RS6_ECOLI"]["pppl"] is None
+    assert all(r["mean_copy_following"] is None for r in rows.values())  # --no-diagnostics
+    table = result.stdout.split("most inflated first:")[1]
+    line = next(x for x in table.splitlines() if x.startswith("pdb|2QSK|A"))
+    assert line.split()[2:4] == ["-", "-"]  # pppl and pppl_ablated are unknown in triage mode
+    flagged = st.query_named(out, "flagged").to_pylist()
+    assert sorted(r["seq_id"] for r in flagged) == sorted(k for k, r in rows.items() if r["flagged"])
+    report = cli("report", str(out), "--out", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Flagged sequences (2)" in (tmp_path / "report.html").read_text()
