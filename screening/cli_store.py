@@ -189,7 +189,8 @@ def register(app: typer.Typer) -> None:
                            f"{r.started_at:%Y-%m-%d %H:%M:%S}")
             for r in runs:
                 shards = cat.shards(r.run_id)
-                shown = shards if run is not None else [s for s in shards if s.status == "failed"]
+                # Without --run: what needs attention, i.e. failed shards and who holds the running ones.
+                shown = shards if run is not None else [s for s in shards if s.status in ("failed", "running")]
                 for s in shown:
                     took = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
                     error = f"  {s.error.splitlines()[0][:120]}" if s.error else ""

@@ -318,3 +318,25 @@ def test_default_catalog_lives_in_the_store(tmp_path):
         Catalog.open(None, None)
     with pytest.raises(CatalogError, match="unsupported catalog database"):
         Catalog.open("mysql://x@localhost/db")
+
+
+def test_status_command_names_the_worker_of_running_shards(tmp_path):
+    from typer.testing import CliRunner
+
+    from screening.cli import app
+
+    store = tmp_path / "store"
+    with Catalog.open(None, store) as cat:
+        cat.register_run("run1")
+        cat.add_shards("run1", _shards(3))
+        cat.claim_shard("run1", 0, worker="node7:4242")
+        cat.mark_shard_done("run1", 0, [], seconds=1.0)
+        cat.claim_shard("run1", 1, worker="node8:99")
+        cat.claim_shard("run1", 2, worker="node9:7")
+        cat.mark_shard_failed("run1", 2, "CUDA out of memory")
+    shown = CliRunner().invoke(app, ["status", str(store)])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert any("shard     1" in line and "running" in line and "on node8:99" in line for line in lines)
+    assert any("shard     2" in line and "failed" in line and "CUDA out of memory" in line for line in lines)
+    assert not any("shard     0" in line for line in lines)  # done shards only with --run
