@@ -44,10 +44,10 @@ def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequ
     if null_draws < 1:
         raise ValueError(f"null_draws must be >= 1, got {null_draws}")
     standard_cols = [scorer.token_index(a) for a in STANDARD]
+    out = [ResidueDiagnostics(np.full(len(q), np.nan), np.full(len(q), np.nan), [None] * len(q), {}) for q in sequences]
     # Pass 1: null co-masks, and the partner-ablated distribution at i (to choose b).
     probes: list[Probe] = []
     plan: list[tuple[int, int, int, int]] = []  # (seq, residue, first probe, n null probes)
-    null_sets: dict[tuple[int, int], list[tuple[int, ...]]] = {}
     for s, (sequence, seq_partners) in enumerate(zip(sequences, partners)):
         rng = _rng(sequence)
         length = len(sequence)
@@ -62,13 +62,10 @@ def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequ
             for _ in range(null_draws):
                 extra = rng.choice(pool, size=k, replace=False) if k else np.array([], dtype=int)
                 probes.append(Probe(s, tuple(sorted({i, *extra.tolist()})), (i,)))
-                null_sets.setdefault((s, i), []).append(probes[-1].masked)
+                out[s].null_masks.setdefault(i, []).append(probes[-1].masked)
             plan.append((s, i, first, null_draws))
     rows = scorer.probe(sequences, probes)
 
-    out = [ResidueDiagnostics(np.full(len(q), np.nan), np.full(len(q), np.nan), [None] * len(q),
-                              {i: masks for (s2, i), masks in null_sets.items() if s2 == s})
-           for s, q in enumerate(sequences)]
     mutated: list[str] = []
     follow_probes: list[Probe] = []
     for n, (s, i, first, draws) in enumerate(plan):
