@@ -106,7 +106,7 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
     _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     run_id = run_id_for(contents.sha256, file_sha256(checkpoint), settings)
     sizes = [(sum(len(r.sequence) for r in contents.records[a : b + 1]), b - a + 1)
-             for a, b in plan_shards(contents.records, settings.shard_tokens)]
+             for a, b in plan_shards(contents.records, settings.shard_budget)]
     stop = threading.Event()
 
     def poll() -> None:
@@ -188,7 +188,7 @@ def screen(
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*).")] = FlagRule.min_inflation_factor,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = FlagRule.min_repeat_fraction,
-    shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences.")] = 4_000_000,
+    shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode).")] = 4_000_000,
     mode: Annotated[str, typer.Option(help="exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl).")] = "exact",
     diagnostics: Annotated[bool, typer.Option(help="Copy-following index and null-corrected inflation for flagged sequences.")] = True,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core).")] = None,

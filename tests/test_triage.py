@@ -186,3 +186,15 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
     report = cli("report", str(out), "--out", str(tmp_path / "report.html"))
     assert report.returncode == 0, report.stderr[-3000:]
     assert "Flagged sequences (2)" in (tmp_path / "report.html").read_text()
+
+
+def test_triage_shards_hold_more_sequences(records):
+    """Triage does ~1/9 of exact mode's work per sequence, so the same budget plans fewer, fuller shards."""
+    from screening.screen import TRIAGE_SHARD_SCALE, ScreenSettings, plan_shards
+
+    exact = ScreenSettings(shard_tokens=40_000)
+    triage = ScreenSettings(shard_tokens=40_000, mode="triage")
+    assert triage.shard_budget == TRIAGE_SHARD_SCALE * exact.shard_budget == TRIAGE_SHARD_SCALE * 40_000
+    n_exact = len(plan_shards(records, exact.shard_budget))
+    n_triage = len(plan_shards(records, triage.shard_budget))
+    assert n_exact >= 6 and n_triage < n_exact / 3
