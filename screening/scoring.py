@@ -232,21 +232,23 @@ class Scorer:
         device = self.loaded.device
         return self._forward(tokens.to(device), query.to(device)).float().cpu()
 
-    def _split_on_oom(self, batch: list[_Job], run: Callable[[list[_Job]], None]) -> None:
-        """Run ``batch``; if the GPU runs out of memory, run it as two halves (recursively) and keep
-        the smaller budget for later batches. Results are per copy, so nothing changes but speed."""
-        try:
-            run(batch)
-        except torch.OutOfMemoryError:
-            if len(batch) == 1:
-                raise
-            if self.loaded.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(batch) // 2
-            width = max(j.stop - j.start for j in batch) + 2
-            self.batch_tokens = max(width, min(self.batch_tokens, half * width))
-            self._split_on_oom(batch[:half], run)
-            self._split_on_oom(batch[half:], run)
+    def _run_jobs(self, jobs: list[_Job], run: Callable[[list[_Job]], None]) -> None:
+        """Pack ``jobs`` into batches of ``self.batch_tokens`` and ``run`` each. If the GPU runs out
+        of memory, the budget is halved to below that batch and every job not yet run is packed
+        again. Results are per copy, so nothing changes but speed."""
+        pending = _batches(jobs, self.batch_tokens)
+        while pending:
+            batch = pending.pop(0)
+            try:
+                run(batch)
+            except torch.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                if self.loaded.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                width = max(j.stop - j.start for j in batch) + 2
+                self.batch_tokens = max(width, min(self.batch_tokens, len(batch) // 2 * width))
+                pending = _batches([j for b in [batch, *pending] for j in b], self.batch_tokens)
 
     def _run_batch(self, batch: list[_Job], pending: dict[int, _Pending]) -> None:
         logp = self._batch_logprobs(batch, lambda s: pending[s].tokens)
@@ -291,13 +293,15 @@ class Scorer:
             scores = SequenceScores(nan.copy(), nan.copy(), nan.copy(), length > window)
             pending[s] = _Pending(scores, len(seq_jobs), self.encode(sequence))
             jobs += seq_jobs
+        def run(batch: list[_Job]) -> None:
+            self._run_batch(batch, pending)
+            if on_sequence_done is not None:
+                for s in sorted({j.seq for j in batch}):
+                    if pending[s].jobs_left == 0:
+                        on_sequence_done(s, pending[s].scores)
+
         with torch.inference_mode():
-            for batch in _batches(jobs, self.batch_tokens):
-                self._split_on_oom(batch, lambda b: self._run_batch(b, pending))
-                if on_sequence_done is not None:
-                    for s in sorted({j.seq for j in batch}):
-                        if pending[s].jobs_left == 0:
-                            on_sequence_done(s, pending[s].scores)
+            self._run_jobs(jobs, run)
         return [pending[s].scores for s in range(len(sequences))]
 
     def probe(self, sequences: Sequence[str], probes: Sequence[Probe]) -> list[np.ndarray]:
@@ -320,14 +324,14 @@ class Scorer:
             masked = tuple(sorted({i for i in probe.masked if start <= i < stop}))
             jobs.append(_Job(k, start, stop, masked, tuple(probe.read), PROBE))
         out: list[np.ndarray | None] = [None] * len(probes)
-        def run(batch):
+
+        def run(batch: list[_Job]) -> None:
             logp = self._batch_logprobs(batch, lambda k: tokens[probes[k].seq])
             for row, job in enumerate(batch):
                 out[job.seq] = logp[row, : len(job.read)].double().numpy()
 
         with torch.inference_mode():
-            for batch in _batches(jobs, self.batch_tokens):
-                self._split_on_oom(batch, run)
+            self._run_jobs(jobs, run)
         return out
 
     def token_index(self, aa: str) -> int:
