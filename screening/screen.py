@@ -342,7 +342,7 @@ def prepare_run(
         "input_path": str(input_path),
         "input_sha256": contents.sha256,
         "parameters": settings.parameters(),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),  # microseconds: runs made within one second still order
     }
     plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
                    contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_budget))), metadata)
