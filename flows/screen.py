@@ -19,25 +19,21 @@ from prefect.futures import as_completed
 from flows.clusters import task_runner
 from screening.metrics import FlagRule
 from screening.scoring import Scorer, ScoringOptions
-from screening.screen import RunPlan, ScreenSettings, ScreenSummary, ShardManifest, finalize_run, prepare_run, process_shard
+from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest, finalize_run,
+                              prepare_run, process_shard)
 
 SHARD_RETRIES = 2
 
-# One loaded model per worker process and settings: tasks on the same worker share it.
-_SCORERS: dict[tuple, Scorer] = {}
+# The models this worker process holds: tasks of the same run share one; a new checkpoint replaces it.
+WORKER_MODELS = ScorerCache(capacity=1)
 
 
-def worker_scorer(settings: ScreenSettings, torch_threads: int | None) -> Scorer:
+def worker_scorer(plan: RunPlan, torch_threads: int | None) -> Scorer:
     import torch
-
-    from screening.model import load_model
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    key = (settings.model, settings.weights_dir, settings.device, settings.scoring)
-    if key not in _SCORERS:
-        _SCORERS[key] = Scorer(load_model(settings.model, settings.weights_dir, settings.device), settings.scoring)
-    return _SCORERS[key]
+    return WORKER_MODELS.for_plan(plan)
 
 
 @task(name="score-shard", retries=SHARD_RETRIES, retry_delay_seconds=2, task_run_name="{plan.run_id}/shard-{shard}")
@@ -45,7 +41,7 @@ def score_shard_task(plan: RunPlan, shard: int, torch_threads: int | None = None
     first, last = plan.shards[shard]
     get_run_logger().info("shard %d: records %d..%d (%d sequences)", shard, first, last, last - first + 1)
     with plan.open_catalog() as catalog:
-        return process_shard(worker_scorer(plan.settings, torch_threads), plan, shard, catalog)
+        return process_shard(worker_scorer(plan, torch_threads), plan, shard, catalog)
 
 
 def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:

@@ -210,7 +210,7 @@ def screen(
     from schema.catalog import CatalogError
     from screening.fasta import InvalidFastaError, read_fasta
     from screening.metrics import FlagRule
-    from screening.model import ModelLoadError, resolve_checkpoint
+    from screening.model import ModelLoadError, check_checkpoint, resolve_checkpoint
     from screening.scoring import ScoringOptions
     from screening.screen import ScreenSettings, run_screen
 
@@ -233,7 +233,8 @@ def screen(
         contents = read_fasta(input)
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
-        resolve_checkpoint(model, settings.weights_dir)
+        # The layout is read through a memory map: the CLI never holds the model's weights.
+        check_checkpoint(resolve_checkpoint(model, settings.weights_dir)[1])
     except ValueError as exc:
         _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid." if isinstance(exc, InvalidFastaError) else str(exc), 2)
     except FileNotFoundError as exc:

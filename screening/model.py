@@ -1,9 +1,17 @@
 """One path from "model name or checkpoint file" to a loaded fair-esm ESM-2 model.
 
 Every way in ends in ``load_model``: the bundled ``plmscreen-mini``, a fair-esm ESM-2 name
-resolved from a weights directory, the torch hub cache or fair-esm's own download, or a path to a
-checkpoint file in fair-esm's format. Checkpoints are read with ``weights_only=True`` and an
-allow-list for the ``argparse.Namespace`` fair-esm pickles, never with ``weights_only=False``.
+resolved from a weights directory, the torch hub cache or a download from fair-esm's release
+location, or a path to a checkpoint file in fair-esm's format. Checkpoints are read with
+``weights_only=True`` and an allow-list for the ``argparse.Namespace`` fair-esm pickles, never
+with ``weights_only=False``: a download is only saved to the hub cache (never unpickled by
+fair-esm or ``torch.hub.load_state_dict_from_url``, whose default is ``weights_only=False``), then
+read through the same path as a local file.
+
+A checkpoint is hashed once per process and file version: ``file_sha256`` remembers digests by
+the file's identity (path, size, mtime, inode), and a worker given the identity the run was
+planned with (``CheckpointIdentity``) trusts the planned digest only while the file it opens
+still has that identity; otherwise it hashes the file and refuses one whose digest differs.
 """
 
 from __future__ import annotations
@@ -33,8 +41,32 @@ WEIGHTS_DIR_ENV = "PLMSCREEN_WEIGHTS_DIR"
 OFFLINE_ENV = "PLMSCREEN_OFFLINE"
 
 
+# fair-esm's own release location (esm.pretrained downloads from here too).
+DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be found or its checkpoint could not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """A checkpoint file version as the file system sees it: the same identity means the same bytes
+    unless someone rewrote the file in place and restored its mtime."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> CheckpointIdentity:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+        return cls(str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+_SHA256_BY_IDENTITY: dict[CheckpointIdentity, str] = {}
 
 
 @dataclass
@@ -63,12 +95,24 @@ class LoadedModel:
         }
 
 
-def file_sha256(path: str | Path) -> str:
+def _hash_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path, planned: tuple[CheckpointIdentity, str] | None = None) -> str:
+    """sha256 of ``path``, computed at most once per file version in this process. ``planned``
+    (identity, digest) is what the run's planner hashed: while the file keeps that identity its
+    digest is taken as is, so a 60 GB checkpoint is not read again by every process of a run."""
+    identity = CheckpointIdentity.of(path)
+    if planned is not None and planned[0] == identity:
+        return planned[1]
+    if identity not in _SHA256_BY_IDENTITY:
+        _SHA256_BY_IDENTITY[identity] = _hash_file(path)
+    return _SHA256_BY_IDENTITY[identity]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -101,6 +145,11 @@ def read_checkpoint(path: str | Path) -> dict:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
         raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    _check_layout(data, path)
+    return data
+
+
+def _check_layout(data, path: Path) -> None:
     cfg = data.get("cfg", {}).get("model") if isinstance(data, dict) else None
     needed = ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads", "token_dropout")
     if cfg is None or not all(hasattr(cfg, key) for key in needed) or not isinstance(data.get("model"), dict):
@@ -108,7 +157,6 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{path} is not a fair-esm ESM-2 checkpoint: expected {{'cfg': {{'model': Namespace({', '.join(needed)})}}, "
             f"'model': state_dict}}"
         )
-    return data
 
 
 def build_model(name: str, data: dict, source: str):
@@ -129,15 +177,41 @@ def build_model(name: str, data: dict, source: str):
         ) from exc
 
 
-def _download(name: str, looked: list[Path]) -> dict:
-    from esm.pretrained import _download_model_and_regression_data  # noqa: PLC2701 (fair-esm's own download)
+def hub_checkpoint_path(name: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
 
+
+def _download(name: str, looked: list[Path]) -> Path:
+    """Save fair-esm's release file to the torch hub cache without unpickling it (it is read later
+    like any local file, with weights_only=True). download_url_to_file writes a temporary file in
+    the same folder and renames it, so an interrupted download leaves nothing half-written."""
+    destination = hub_checkpoint_path(name)
+    url = DOWNLOAD_URL.format(name=name)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(destination), progress=False)
+    except Exception as exc:  # network errors come in many types
+        raise ModelLoadError(_not_found_message(name, looked, f"download from {url} failed: {type(exc).__name__}: {exc}")) from exc
+    return destination
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Check a checkpoint's layout without loading its weights: the file is memory-mapped, so a
+    15B checkpoint costs the calling process (the CLI) almost no memory. Old-style (non-zip)
+    checkpoints cannot be mapped; they are checked where they are loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            model_data, _ = _download_model_and_regression_data(name)
-    except Exception as exc:  # network errors come in many types
-        raise ModelLoadError(_not_found_message(name, looked, f"fair-esm download failed: {type(exc).__name__}: {exc}")) from exc
-    return model_data
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" in str(exc) or "zip" in str(exc):
+            return
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
+        raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    _check_layout(data, path)
 
 
 def _not_found_message(name: str, looked: list[Path], tail: str) -> str:
@@ -165,8 +239,7 @@ def resolve_checkpoint(model: str, weights_dir: str | Path | None = None, allow_
             return model, found
         if not allow_download:
             raise ModelLoadError(_not_found_message(model, looked, f"download disabled (${OFFLINE_ENV}=1)"))
-        _download(model, looked)
-        return model, Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
+        return model, _download(model, looked)
     if Path(model).suffix == ".pt" or Path(model).exists() or os.sep in model:
         path = Path(model)
         if not path.is_file():
@@ -182,11 +255,28 @@ def load_model(
     device: str = "auto",
     allow_download: bool | None = None,
     max_residues: int = ESM2_MAX_RESIDUES,
+    expected_sha256: str | None = None,
+    planned_identity: CheckpointIdentity | None = None,
 ) -> LoadedModel:
-    """Load ``model`` (bundled name, fair-esm ESM-2 name or checkpoint path) in eval mode."""
+    """Load ``model`` (bundled name, fair-esm ESM-2 name or checkpoint path) in eval mode.
+
+    With ``expected_sha256`` (the digest a run was planned with) a checkpoint with other bytes is
+    refused: the file was replaced after the run started, and its numbers would not be the run's.
+    ``planned_identity`` is the file version the planner hashed; it spares a re-hash while the
+    file is unchanged."""
     torch_device = resolve_device(device)
     name, path = resolve_checkpoint(model, weights_dir, allow_download)
+    before = CheckpointIdentity.of(path)
     data = read_checkpoint(path)
+    if CheckpointIdentity.of(path) != before:
+        raise ModelLoadError(f"checkpoint {path} changed while it was being loaded; retry once it is complete")
+    planned = (planned_identity, expected_sha256) if planned_identity is not None and expected_sha256 else None
+    sha256 = file_sha256(path, planned)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise ModelLoadError(
+            f"checkpoint {path} has sha256 {sha256}, but the run was planned with {expected_sha256}: "
+            f"the file was replaced after the run started. Restore it, or start a new run with the new file."
+        )
     esm_model, alphabet = build_model(path.stem, data, str(path))
     esm_model = esm_model.eval().to(torch_device)
-    return LoadedModel(esm_model, alphabet, name, str(path), file_sha256(path), torch_device, max_residues)
+    return LoadedModel(esm_model, alphabet, name, str(path), sha256, torch_device, max_residues)

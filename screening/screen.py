@@ -31,7 +31,7 @@ from schema.catalog import Catalog
 from screening.fasta import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
 from screening.diagnostics import ResidueDiagnostics, residue_diagnostics
 from screening.metrics import FlagRule, could_flag, summarize
-from screening.model import ESM2_MAX_RESIDUES, LoadedModel, file_sha256, load_model, resolve_checkpoint
+from screening.model import ESM2_MAX_RESIDUES, CheckpointIdentity, LoadedModel, file_sha256, load_model, resolve_checkpoint
 from screening.output import with_metadata, write_parquet_atomic
 from screening.repeats import RepeatParams, find_repeats, partner_details
 from screening.scoring import Scorer, ScoringOptions, SequenceScores
@@ -284,6 +284,7 @@ class RunPlan:
     metadata: dict
     rejects_file: Path | None = None
     records_offset: int = 0  # index of records[0] in the input (non-zero in a one-shard slice)
+    checkpoint_identity: CheckpointIdentity | None = None  # the file version that was hashed
 
     def shard_records(self, index: int) -> list[ProteinRecord]:
         first, last = self.shards[index]
@@ -329,6 +330,7 @@ def prepare_run(
     if contents.rejects and not skip_invalid:
         raise InvalidFastaError(input_path, contents.rejects)
     model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
+    checkpoint_identity = CheckpointIdentity.of(checkpoint)
     checkpoint_sha256 = file_sha256(checkpoint)
     run_id = run_id_for(contents.sha256, checkpoint_sha256, settings)
     store.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,8 @@ def prepare_run(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),  # microseconds: runs made within one second still order
     }
     plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
-                   contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_budget))), metadata)
+                   contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_budget))), metadata,
+                   checkpoint_identity=checkpoint_identity)
     with plan.open_catalog() as catalog:
         if overwrite:
             catalog.delete_run(run_id)
@@ -365,6 +368,37 @@ def prepare_run(
         # Claims left "running" by a killed earlier attempt are free again.
         catalog.reset_running(run_id)
     return plan
+
+
+class ScorerCache:
+    """The models one worker process holds, keyed by checkpoint sha256, device and scoring options.
+
+    Long-lived workers (``--scheduler``) serve many runs: at most ``capacity`` models stay loaded
+    (the least recently used is dropped first), and a model is looked up by the digest the run was
+    planned with, so a replaced checkpoint file is never scored under its old digest (loading
+    verifies the file against the plan, see ``load_model``)."""
+
+    def __init__(self, capacity: int = 1):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._scorers: dict[tuple, Scorer] = {}
+
+    def __len__(self) -> int:
+        return len(self._scorers)
+
+    def for_plan(self, plan: RunPlan) -> Scorer:
+        settings = plan.settings
+        key = (plan.checkpoint_sha256, settings.device, settings.scoring)
+        scorer = self._scorers.pop(key, None)
+        if scorer is None:
+            while len(self._scorers) >= self.capacity:
+                self._scorers.pop(next(iter(self._scorers)))  # least recently used
+            loaded = load_model(settings.model, settings.weights_dir, settings.device,
+                                expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
+            scorer = Scorer(loaded, settings.scoring)
+        self._scorers[key] = scorer  # most recently used last
+        return scorer
 
 
 @dataclass(frozen=True)
@@ -465,7 +499,8 @@ def run_screen(
     with plan.open_catalog() as catalog:
         pending = {s.index for s in catalog.pending_shards(plan.run_id)}
         if pending and loaded is None:
-            loaded = load_model(settings.model, settings.weights_dir, settings.device)
+            loaded = load_model(settings.model, settings.weights_dir, settings.device,
+                                expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
         model = loaded.describe() if loaded is not None else {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256}
         if on_start is not None:
             on_start([r for i in sorted(pending) for r in plan.shard_records(i)])

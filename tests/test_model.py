@@ -110,3 +110,102 @@ def test_cuda_request_without_gpu_is_clear():
         pytest.skip("a GPU is present")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_model("plmscreen-mini", device="cuda")
+
+
+class OpensAFile:
+    """Unpickling this runs code: it creates ``marker``. A safe loader must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+
+
+def fake_release(monkeypatch, source):
+    """Stand in for the network: every download returns ``source``'s bytes; URLs are recorded."""
+    fetched = []
+
+    def download(url, dst, *args, **kwargs):
+        fetched.append(url)
+        shutil.copyfile(source, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    return fetched
+
+
+def test_first_download_is_saved_then_read_with_weights_only(tmp_path, tiny_checkpoint, hub_dir, monkeypatch):
+    fetched = fake_release(monkeypatch, tiny_checkpoint)
+    loaded = load_model("esm2_t6_8M_UR50D", device="cpu", allow_download=True)
+    assert fetched == ["https://dl.fbaipublicfiles.com/fair-esm/models/esm2_t6_8M_UR50D.pt"]  # no contact-regression file
+    assert loaded.checkpoint_path == str(hub_dir / "checkpoints" / "esm2_t6_8M_UR50D.pt")
+    assert loaded.checkpoint_sha256 == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    # A second resolution finds the cached file and downloads nothing.
+    load_model("esm2_t6_8M_UR50D", device="cpu", allow_download=True)
+    assert len(fetched) == 1
+
+
+def test_downloaded_pickle_is_never_executed(tmp_path, hub_dir, monkeypatch):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "release.pt"
+    torch.save({"cfg": {"model": OpensAFile(marker)}, "model": {}}, evil)
+    fake_release(monkeypatch, evil)
+    with pytest.raises(ModelLoadError, match="cannot read checkpoint"):
+        load_model("esm2_t12_35M_UR50D", device="cpu", allow_download=True)
+    assert not marker.exists(), "the downloaded file was unpickled with weights_only=False"
+
+
+def test_resolving_a_download_does_not_load_the_model(tiny_checkpoint, hub_dir, monkeypatch):
+    """The CLI resolves the checkpoint up front; a 15B model must not be loaded into that process."""
+    from screening.model import resolve_checkpoint
+
+    fake_release(monkeypatch, tiny_checkpoint)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load was called while resolving a checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    name, path = resolve_checkpoint("esm2_t30_150M_UR50D", allow_download=True)
+    assert (name, path) == ("esm2_t30_150M_UR50D", hub_dir / "checkpoints" / "esm2_t30_150M_UR50D.pt")
+
+
+def test_checkpoint_check_maps_the_file_instead_of_reading_it(tmp_path):
+    """check_checkpoint (the CLI's up-front check) reads a 400 MB checkpoint's layout without
+    holding its weights: the peak memory of a fresh process grows far less than the file."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "esm2_big.pt"
+    cfg = argparse.Namespace(encoder_layers=1, encoder_embed_dim=8, encoder_attention_heads=1, token_dropout=True)
+    torch.save({"cfg": {"model": cfg}, "model": {"w": torch.ones(100_000_000)}}, big)
+    # VmHWM (peak resident memory) starts afresh at exec; ru_maxrss would inherit this process's peak.
+    script = (
+        "import re, sys, torch\n"
+        "from screening.model import check_checkpoint, read_checkpoint\n"
+        "def peak_mb():\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024\n"
+        "before = peak_mb()\n"
+        "(check_checkpoint if sys.argv[2] == 'check' else read_checkpoint)(sys.argv[1])\n"
+        "print(peak_mb() - before)\n"
+    )
+    grown = {how: int(subprocess.run([sys.executable, "-c", script, str(big), how], capture_output=True, text=True,
+                                     check=True).stdout.split()[-1]) for how in ("check", "read")}
+    assert grown["read"] > 300, grown  # the comparison is real: a full read costs the file's size
+    assert grown["check"] < 50, grown
+
+
+def test_checkpoint_check_reports_a_foreign_file(tmp_path):
+    from screening.model import check_checkpoint
+
+    other = tmp_path / "esm2_other.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
+    with pytest.raises(ModelLoadError, match="not a fair-esm ESM-2 checkpoint"):
+        check_checkpoint(other)
