@@ -38,6 +38,22 @@ def _rng(sequence: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(hashlib.sha256(sequence.encode()).digest()[:8], "little"))
 
 
+def planted_residue(truth: str, partner_residues: Sequence[str], ablated_logp: np.ndarray) -> str:
+    """The residue b planted in the partner copy: the standard residue least likely at i when the
+    partners are masked, among those found at the fewest partners, never the true residue.
+
+    Usually some letter is at no partner and b is simply the least likely of those. A residue with
+    about 20 low-identity partners (LRR-, titin- or collagen-like proteins) can have every other
+    letter at some partner; planting b then leaves the partners that already hold it unchanged,
+    so b is the letter that changes the most partners, and C_i measures following those."""
+    at_partners = {aa: 0 for aa in STANDARD}
+    for aa in partner_residues:
+        if aa in at_partners:
+            at_partners[aa] += 1
+    rank = {STANDARD[c]: r for r, c in enumerate(np.argsort(ablated_logp))}
+    return min((aa for aa in STANDARD if aa != truth), key=lambda aa: (at_partners[aa], rank[aa]))
+
+
 def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequence[Sequence[Sequence[int]]],
                         null_draws: int = 2) -> list[ResidueDiagnostics]:
     """Diagnostics for every partnered residue of ``sequences`` (0-based partner map, as ``score``)."""
@@ -75,10 +91,7 @@ def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequ
         out[s].logp_random_comask[i] = float(np.mean(null_logp))
         ablated = rows[first][0, standard_cols]
         mates = partners[s][i]
-        # b: least likely at i without the partner copy, and not already at i or a partner.
-        avoid = {truth, *(sequence[j] for j in mates)}
-        order = np.argsort(ablated)
-        b = next(STANDARD[c] for c in order if STANDARD[c] not in avoid)
+        b = planted_residue(truth, [sequence[j] for j in mates], ablated)
         out[s].substitute[i] = b
         chars = list(sequence)
         for j in mates:

@@ -198,3 +198,51 @@ def test_triage_shards_hold_more_sequences(records):
     n_exact = len(plan_shards(records, exact.shard_budget))
     n_triage = len(plan_shards(records, triage.shard_budget))
     assert n_exact >= 6 and n_triage < n_exact / 3
+
+
+def lrr_like_sequence() -> str:
+    """21 copies of a 10-mer whose 6th residue runs through all 20 letters: that residue's
+    partners hold every standard letter, as in LRR-, titin- or collagen-like proteins."""
+    motif = list("VPMGHACAET")
+    copies = []
+    for k in range(21):
+        motif[5] = STANDARD[k % 20]
+        copies.append("".join(motif))
+    return "".join(copies)
+
+
+def test_planted_residue_prefers_letters_absent_from_the_partners():
+    from screening.diagnostics import planted_residue
+
+    logp = -np.arange(20, dtype=float)  # A most likely ... Y least likely
+    assert planted_residue("A", ["A", "C"], logp) == "Y"
+    assert planted_residue("A", ["Y", "W"], logp) == "V"
+    # Every other letter at some partner: the one at the fewest partners, least likely among ties.
+    partners = [aa for aa in STANDARD] + ["Y", "W"]
+    assert planted_residue("C", partners, logp) == "V"
+
+
+@pytest.mark.slow
+def test_screen_of_a_residue_whose_partners_hold_every_letter(tmp_path):
+    """Used to raise StopIteration in the diagnostics, failing the shard three times."""
+    import pyarrow.parquet as pq
+
+    from screening.repeats import find_repeats, partner_details
+    from screening.screen import ScreenSettings, run_screen
+
+    sequence = lrr_like_sequence()
+    details = partner_details(len(sequence), find_repeats(sequence, RepeatParams()))
+    crowded = [i for i, d in enumerate(details) if {sequence[i], *(sequence[p - 1] for p, _, _ in d)} >= set(STANDARD)]
+    assert crowded, "the construct must give some residue partners holding every letter but its own"
+    fasta = tmp_path / "lrr.fasta"
+    fasta.write_text(f">lrr_like\n{sequence}\n")
+    summary = run_screen(fasta, tmp_path / "store", ScreenSettings(device="cpu"))
+    assert [row["seq_id"] for row in summary.flagged] == ["lrr_like"]
+    rows = {r["pos"]: r for f in (tmp_path / "store").glob("residues/**/*.parquet") for r in pq.read_table(f).to_pylist()}
+    for i in crowded:
+        row = rows[i + 1]
+        partner_letters = [sequence[p - 1] for p in row["partner_pos"]]
+        assert row["planted_residue"] not in (None, row["aa"])
+        counts = [partner_letters.count(aa) for aa in STANDARD if aa != row["aa"]]
+        assert partner_letters.count(row["planted_residue"]) == min(counts) >= 1
+        assert np.isfinite(row["copy_following"]) and np.isfinite(row["logp_random_comask"])
