@@ -6,8 +6,8 @@ Model: fair-esm's own ``esm.model.esm2.ESM2`` (rotary positions, token_dropout=T
 "ESM-1b"), default 3 layers x 128 dims x 8 heads. AdamW, 15% BERT-style masking (80% <mask>,
 10% random amino acid, 10% unchanged) over real residues only (never BOS/EOS/pad).
 
-Data: E. coli K-12 reference proteome (UniProt UP000000625, CC BY 4.0),
-/work/shared/data/fasta/UP000000625_83333_ecoli_k12.fasta. Held-out split BY PROTEIN:
+Data: E. coli K-12 reference proteome (UniProt UP000000625, CC BY 4.0; the FASTA download of
+https://www.uniprot.org/proteomes/UP000000625), passed with the required --fasta. Held-out split BY PROTEIN:
 a protein is held out iff int(md5(accession).hexdigest(), 16) % 10 == 0 (~10%); held-out proteins
 are never used to build training examples (they only feed the small validation probe printed
 during training and training/evaluate_plmscreen_mini.py). Non-standard residues (e.g. U) are kept
@@ -30,8 +30,10 @@ Copy curriculum (fractions of EXAMPLES, sampled independently per example with a
     -> 70% of phase-2 examples carry an internal repeat (exact or mutated copy); the overall share
        is printed at the end of the training log.
 
-The recorded model: python training/train_plmscreen_mini.py --threads 2 --minutes 24
+The recorded model (v1): python training/train_plmscreen_mini.py --threads 2 --minutes 24
     --phase1-frac 0.55 --max-tokens-phase1 4096 --p-copy 0.25 --p-doubled 0.25 --p-insert 0.2
+    --fasta UP000000625_83333_ecoli_k12.fasta   (--fasta had a default then; it is now required)
+v2 (protein-scale copying) continues from this model: training/train_plmscreen_control.py.
 
 LR: linear warm-up (300 steps) to --lr, then cosine decay to 0.1 x --lr over the wall-clock
 budget (the schedule is driven by elapsed time, so the exact step count depends on machine speed;
@@ -48,7 +50,7 @@ Output: --out in fair-esm's ESM-2 on-disk format ({"cfg": {"model": Namespace(..
 Verified to load with esm.pretrained.load_model_and_alphabet_core and give identical logits.
 
 Default run (what was used for screening/models/esm2_plmscreen_mini.pt):
-  python training/train_plmscreen_mini.py --minutes 30 \
+  python training/train_plmscreen_mini.py --minutes 30 --fasta UP000000625_83333_ecoli_k12.fasta \
       --out screening/models/esm2_plmscreen_mini.pt
 """
 import argparse
@@ -70,7 +72,7 @@ AA20 = "ACDEFGHIKLMNPQRSTVWY"
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fasta", default="/work/shared/data/fasta/UP000000625_83333_ecoli_k12.fasta")
+    p.add_argument("--fasta", required=True, help="UniProt UP000000625 E. coli K-12 proteome FASTA")
     p.add_argument("--out", default="screening/models/esm2_plmscreen_mini.pt")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget")
     p.add_argument("--layers", type=int, default=3)

@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""Train plmscreen-mini v2: a positive control that copies repeats at PROTEIN scale.
+
+The bundled plmscreen-mini (v1, training/train_plmscreen_mini.py) copies at short offsets but
+hardly at the offsets of real repeats: it trained on crops of <= 128 residues. This script
+continues training it (warm start, same architecture: fair-esm ESM2, 3 layers x 128, 8 heads,
+token_dropout=True, alphabet ESM-1b) on long crops with copies whose offsets cover the whole range
+the model screens (crops of 256-1000 tokens; doubled and inserted copies of whole proteins).
+
+Data: the E. coli K-12 reference proteome, UniProt UP000000625 (taxon 83333), CC BY 4.0
+(https://www.uniprot.org/proteomes/UP000000625, FASTA download). Passed with the required
+--fasta argument. Held-out split BY PROTEIN, the same as v1: a protein is held out iff
+int(md5(accession).hexdigest(), 16) % 10 == 0; held-out proteins never enter training examples
+(they only feed the small probe printed in the log).
+
+Example mixture (fractions of EXAMPLES; each example drawn independently, seeded):
+  --p-easy  (0.15) rehearsal of v1's phase-1 copy task: a uniform random 8-30-mer written twice
+            side by side with 0-10-residue random flanks (keeps the look-up alive, see
+            shared/docs/science.md: switching tasks abruptly erased copying before).
+  --p-randdbl (0.15) the copy task at the current offsets: a uniform random sequence of 8..cap/2
+            residues doubled (with p=0.3 a natural spacer between the copies). Only copying lowers
+            its loss, so it keeps a strong copying signal while the offsets widen.
+  --p-gap   (0.10) the same task widened: a uniform random 8-64-mer, a gap of natural protein
+            sequence of 0..cap residues, the copy (exact p=0.7, else 70-95% identity), natural
+            flanks.
+  --p-doubled (0.20) a WHOLE training protein x (cropped to cap/2 if longer) doubled: x||x', or
+            x||g||x' with p=0.3 where g is a natural spacer so that offsets span 0..cap; x' exact
+            with p=0.6, else mutated to 50-95% identity.
+  --p-insert (0.15) a natural crop (whole protein if it fits, else a random window of 256..cap)
+            with 1-2 inserted copies of its own segments (10-150 aa) at random positions (offsets
+            over the whole crop); exact with p=0.5, else 50-95% identity.
+  rest (0.25) plain natural crops (whole protein if <= cap, else a random window of cap).
+cap = the current maximum crop (tokens minus BOS/EOS). It widens linearly from --cap-start (256)
+to --cap-end (1000) over the first --widen-steps (1500) steps, then stays at --cap-end, so
+offsets widen gradually while the easy task is rehearsed throughout.
+
+Optimisation: AdamW (betas 0.9/0.98, wd 0.01), 15% BERT masking (80/10/10) over real residues,
+batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by length, cut, shuffled),
+grad-norm clip 1.0. LR: linear warm-up over --warmup-steps, constant --lr, then a cosine decay to
+--min-lr-frac x --lr over the last --decay-steps steps (warmup-stable-decay). The budget and the
+schedule count STEPS, never wall-clock, so SIGSTOP/SIGCONT pauses do not change the result. Nothing
+before the decay depends on --steps, so --resume may change --steps while the LR is still constant
+and the result is identical to a run started with the final --steps. The log records steps, active CPU time (time.process_time, which does not
+advance while the process is stopped) and wall time.
+
+Resumable: every --save-every-min minutes (wall) the full state (model, optimizer, step, numpy /
+torch RNG states, the current batch pool, counters, timers) goes to <out-dir>/state.pt, and an
+ESM-format snapshot to <out-dir>/snapshots/esm2_step<step>.pt. --resume continues from state.pt
+bit-for-bit (same batches, same masks).
+
+Output: <out-dir>/final/esm2_plmscreen_mini.pt in fair-esm's ESM-2 on-disk format
+({"cfg": {"model": Namespace(...)}, "model": {"encoder.sentence_encoder.<k>": fp32}}, no contact
+head) + .sha256; verified to load with esm.pretrained.load_model_and_alphabet_core.
+
+Training uses torch SDPA attention (same weights; checked against the stock forward at start-up).
+
+Recorded command (plmscreen-mini v2; OMP_NUM_THREADS=1 MKL_NUM_THREADS=1, one thread):
+  python training/train_plmscreen_control.py --fasta UP000000625_83333_ecoli_k12.fasta \
+      --init screening/models/esm2_plmscreen_mini.pt --out-dir /work/train-runs \
+      --steps STEPS --threads 1
+(the exact STEPS and the log are in training/results/train_log_v2.txt and the model card draft
+training/results/plmscreen-mini-v2-card.md).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import esm
+from esm.model.esm2 import ESM2
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_plmscreen_mini import (AA20, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
+                                  sha256_file, split_proteins, tokenize, unpatch, verify_checkpoint)
+
+KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "plain")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fasta", required=True, help="UniProt UP000000625 E. coli K-12 proteome FASTA")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--init", default=None, help="ESM-format checkpoint to warm-start from")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/state.pt")
+    p.add_argument("--steps", type=int, required=True,
+                   help="training budget in optimizer steps (may be changed on --resume before the decay starts)")
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--min-lr-frac", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--decay-steps", type=int, default=1200,
+                   help="cosine decay to --min-lr-frac x --lr over the LAST this many steps (constant before)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-tokens", type=int, default=8192, help="padded tokens per batch")
+    p.add_argument("--cap-start", type=int, default=256)
+    p.add_argument("--cap-end", type=int, default=1000)
+    p.add_argument("--widen-steps", type=int, default=1500)
+    p.add_argument("--p-easy", type=float, default=0.15)
+    p.add_argument("--p-randdbl", type=float, default=0.15)
+    p.add_argument("--p-gap", type=float, default=0.10)
+    p.add_argument("--p-doubled", type=float, default=0.20)
+    p.add_argument("--p-insert", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--probe-every", type=int, default=500)
+    p.add_argument("--save-every-min", type=float, default=4.0)
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="testing: save the state and exit at this step (continue with --resume)")
+    return p.parse_args()
+
+
+class Maker:
+    def __init__(self, seqs, comp, rng):
+        self.seqs = seqs
+        self.comp = comp
+        self.aa = np.array(list(AA20))
+        self.rng = rng
+
+    def rand_res(self, n, uniform=True):
+        if n <= 0:
+            return ""
+        return "".join(self.rng.choice(self.aa, size=n, p=None if uniform else self.comp))
+
+    def mutate(self, s, identity):
+        out = list(s)
+        for i in range(len(out)):
+            if self.rng.random() > identity:
+                choices = [a for a in AA20 if a != out[i]]
+                out[i] = choices[self.rng.integers(len(choices))]
+        return "".join(out)
+
+    def protein(self, min_len=1, max_len=None):
+        for _ in range(1000):
+            s = self.seqs[self.rng.integers(len(self.seqs))]
+            if len(s) >= min_len and (max_len is None or len(s) <= max_len):
+                return s
+        return self.seqs[self.rng.integers(len(self.seqs))]
+
+    def window(self, n):
+        """n residues of natural sequence (concatenating proteins if one is too short)."""
+        out = ""
+        while len(out) < n:
+            s = self.protein()
+            need = n - len(out)
+            if len(s) > need:
+                st = int(self.rng.integers(0, len(s) - need + 1))
+                s = s[st:st + need]
+            out += s
+        return out
+
+    def crop(self, s, n):
+        if len(s) <= n:
+            return s
+        st = int(self.rng.integers(0, len(s) - n + 1))
+        return s[st:st + n]
+
+    def easy(self, cap):
+        L = int(self.rng.integers(8, 31))
+        seg = self.rand_res(L)
+        return self.rand_res(int(self.rng.integers(0, 11))) + seg + seg + self.rand_res(int(self.rng.integers(0, 11)))
+
+    def randdbl(self, cap):
+        L = int(self.rng.integers(8, cap // 2 + 1))
+        x = self.rand_res(L)
+        if self.rng.random() < 0.3 and cap - 2 * L > 0:
+            return x + self.window(int(self.rng.integers(1, cap - 2 * L + 1))) + x
+        return x + x
+
+    def gap(self, cap):
+        L = int(self.rng.integers(8, 65))
+        seg = self.rand_res(L)
+        seg2 = seg if self.rng.random() < 0.7 else self.mutate(seg, self.rng.uniform(0.7, 0.95))
+        g = int(self.rng.integers(0, max(1, cap - 2 * L) + 1))
+        rest = max(0, cap - 2 * L - g)
+        lf = int(self.rng.integers(0, min(rest, 40) + 1))
+        rf = int(self.rng.integers(0, min(rest - lf, 40) + 1))
+        return self.window(lf) + seg + self.window(g) + seg2 + self.window(rf)
+
+    def doubled(self, cap):
+        x = self.crop(self.protein(20), cap // 2)
+        x2 = x if self.rng.random() < 0.6 else self.mutate(x, self.rng.uniform(0.5, 0.95))
+        if self.rng.random() < 0.3 and cap - 2 * len(x) > 0:
+            return x + self.window(int(self.rng.integers(1, cap - 2 * len(x) + 1))) + x2
+        return x + x2
+
+    def insert(self, cap):
+        n_ins = 1 if self.rng.random() < 0.7 else 2
+        s = self.protein(40)
+        if len(s) > cap - 20:
+            n = int(self.rng.integers(min(256, cap - 20), cap - 20 + 1))
+            s = self.crop(s, n)
+        for _ in range(n_ins):
+            room = cap - len(s)
+            lmax = min(150, len(s) // 3, room)
+            if lmax < 10:
+                break
+            ls = int(self.rng.integers(10, lmax + 1))
+            a = int(self.rng.integers(0, len(s) - ls + 1))
+            seg = s[a:a + ls]
+            if self.rng.random() >= 0.5:
+                seg = self.mutate(seg, self.rng.uniform(0.5, 0.95))
+            p = int(self.rng.integers(0, len(s) + 1))
+            s = s[:p] + seg + s[p:]
+        return s
+
+    def plain(self, cap):
+        return self.crop(self.protein(), cap)
+
+    def make(self, cap, probs):
+        r = self.rng.random()
+        acc = 0.0
+        for k, pk in enumerate(probs):
+            acc += pk
+            if r < acc:
+                return getattr(self, KINDS[k])(cap), k
+        return self.plain(cap), len(KINDS) - 1
+
+
+def make_pool(maker, cap, probs, max_tokens, rng):
+    exs = [maker.make(cap, probs) for _ in range(256)]
+    exs.sort(key=lambda e: len(e[0]))
+    batches, cur = [], []
+    for e in exs:
+        if cur and (len(cur) + 1) * (len(e[0]) + 2) > max_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(e)
+    if cur:
+        batches.append(cur)
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    os.makedirs(os.path.join(args.out_dir, "snapshots"), exist_ok=True)
+    state_path = os.path.join(args.out_dir, "state.pt")
+
+    train, held = split_proteins(args.fasta)
+    train_seqs = [s for _, s in train]
+    comp = aa_composition(train_seqs)
+    unigram_ppl = math.exp(-(comp * np.log(comp)).sum())
+    print(f"proteins: train {len(train)} ({sum(map(len, train_seqs))} aa), held-out {len(held)}; "
+          f"unigram perplexity (train composition) {unigram_ppl:.3f}", flush=True)
+    print("args: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()), flush=True)
+
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    aa_idx = torch.tensor([alphabet.get_idx(a) for a in AA20])
+    model = ESM2(num_layers=args.layers, embed_dim=args.embed_dim, attention_heads=args.heads,
+                 alphabet=alphabet, token_dropout=True)
+    if args.init and not args.resume:
+        import hashlib
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            d = torch.load(args.init, map_location="cpu", weights_only=True)
+        c = d["cfg"]["model"]
+        assert (c.encoder_layers, c.encoder_embed_dim, c.encoder_attention_heads) == \
+            (args.layers, args.embed_dim, args.heads), "warm start needs the same architecture"
+        sd = {k[len("encoder.sentence_encoder."):]: v for k, v in d["model"].items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        assert not unexpected and all(k.startswith("contact_head") for k in missing), (missing, unexpected)
+        h = hashlib.sha256(open(args.init, "rb").read()).hexdigest()
+        print(f"warm start from {args.init} (sha256 {h})", flush=True)
+    nparam = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("contact_head"))
+    print(f"ESM2 {args.layers} layers x {args.embed_dim} x {args.heads} heads, {nparam} params "
+          f"(excl. contact head)", flush=True)
+
+    # probe: held-out proteins of 80-250 aa, fixed 15% masks; single copy vs first copy of x||x
+    held_std = [s for _, s in held if set(s) <= set(AA20) and 80 <= len(s) <= 250][:48]
+    vgen = torch.Generator().manual_seed(999)
+    vtok = tokenize(alphabet, held_std)
+    vinp, vsel = bert_mask(vtok, alphabet, vgen, aa_idx)
+    dtok = tokenize(alphabet, [s + s for s in held_std])
+    dinp = dtok.clone()
+    dsel = torch.zeros_like(dtok, dtype=torch.bool)
+    for b, s in enumerate(held_std):
+        n = len(s)
+        dinp[b, 1:n + 1] = vinp[b, 1:n + 1]
+        dsel[b, 1:n + 1] = vsel[b, 1:n + 1]
+
+    def probe():
+        model.eval()
+        with torch.no_grad():
+            l1 = F.cross_entropy(model(vinp)["logits"][vsel], vtok[vsel]).item()
+            l2 = F.cross_entropy(model(dinp)["logits"][dsel], dtok[dsel]).item()
+        model.train()
+        return l1, l2
+
+    model.eval()
+    with torch.no_grad():
+        ref = model(dinp[:8])["logits"]
+        patch_sdpa(model)
+        new = model(dinp[:8])["logits"]
+    print(f"SDPA patch: max |dlogit| vs stock attention = {(ref - new).abs().max().item():.2e}", flush=True)
+    model.train()
+
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("contact_head")],
+                            lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
+    maker = Maker(train_seqs, comp, rng)
+    probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert]
+    assert sum(probs) <= 1.0
+
+    step, pool = 0, []
+    kind_count = np.zeros(len(KINDS), dtype=np.int64)
+    tok_count = 0
+    active_s, wall_s = 0.0, 0.0
+    if args.resume:
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, pool = st["step"], st["pool"]
+        rng.bit_generator.state = st["np_rng"]
+        gen.set_state(st["torch_gen"])
+        torch.set_rng_state(st["torch_rng"])
+        kind_count, tok_count = st["kind_count"], st["tok_count"]
+        active_s, wall_s = st["active_s"], st["wall_s"]
+        print(f"resumed from {state_path} at step {step} (active {active_s / 60:.1f} min, "
+              f"wall {wall_s / 60:.1f} min so far)", flush=True)
+        old = st["args"]
+        changed = {k: (old.get(k), v) for k, v in vars(args).items() if old.get(k) != v and k != "resume"}
+        if changed:
+            print(f"arguments changed on resume: {changed}", flush=True)
+            assert set(changed) <= {"steps", "save_every_min", "log_every", "probe_every", "stop_at"}, changed
+            if "steps" in changed:
+                assert step <= min(old["steps"], args.steps) - args.decay_steps, \
+                    "--steps may only change before the LR decay has started"
+
+    def save_state():
+        tmp = state_path + ".partial"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "pool": pool,
+                    "np_rng": rng.bit_generator.state, "torch_gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "kind_count": kind_count, "tok_count": tok_count,
+                    "active_s": active_s, "wall_s": wall_s, "args": vars(args)}, tmp)
+        os.replace(tmp, state_path)
+        save_checkpoint(model, args, os.path.join(args.out_dir, "snapshots", f"esm2_step{step}.pt"))
+
+    acc_loss, acc_n = np.zeros(len(KINDS)), np.zeros(len(KINDS))
+    c0, w0 = time.process_time(), time.time()
+    last_save = time.time()
+    print(f"training to step {args.steps}; cap {args.cap_start}->{args.cap_end} over the first "
+          f"{args.widen_steps} steps; LR constant {args.lr:g} after {args.warmup_steps} warm-up steps, cosine "
+          f"decay over steps {args.steps - args.decay_steps}-{args.steps}", flush=True)
+    while step < args.steps:
+        cap = int(args.cap_start + (args.cap_end - args.cap_start) * min(1.0, step / args.widen_steps))
+        if not pool:
+            pool = make_pool(maker, cap, probs, args.max_tokens, rng)
+        batch = pool.pop()
+        seqs = [e[0] for e in batch]
+        kinds = torch.tensor([e[1] for e in batch])
+        for k in kinds.tolist():
+            kind_count[k] += 1
+        if step < args.warmup_steps:
+            lr = args.lr * (step + 1) / args.warmup_steps
+        elif step < args.steps - args.decay_steps:
+            lr = args.lr
+        else:
+            t = (step - (args.steps - args.decay_steps)) / max(1, args.decay_steps)
+            lr = args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        toks = tokenize(alphabet, seqs)
+        tok_count += int(toks.numel())
+        inp, sel = bert_mask(toks, alphabet, gen, aa_idx)
+        logits = model(inp)["logits"]
+        tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
+        loss = tok_loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        row_kind = kinds[:, None].expand_as(sel)[sel]
+        tl = tok_loss.detach()
+        for k in range(len(KINDS)):
+            m = row_kind == k
+            if m.any():
+                acc_loss[k] += tl[m].sum().item()
+                acc_n[k] += int(m.sum())
+        c1, w1 = time.process_time(), time.time()
+        active_s += c1 - c0
+        wall_s += w1 - w0
+        c0, w0 = c1, w1
+        if step % args.log_every == 0:
+            ls = " ".join(f"{KINDS[k]}={acc_loss[k] / acc_n[k]:.3f}" if acc_n[k] else f"{KINDS[k]}=-"
+                          for k in range(len(KINDS)))
+            print(f"step {step} active {active_s / 60:6.1f} min wall {wall_s / 60:6.1f} min cap {cap} "
+                  f"lr {lr:.2e} loss {ls}", flush=True)
+            acc_loss[:] = 0
+            acc_n[:] = 0
+        if step % args.probe_every == 0:
+            l1, l2 = probe()
+            print(f"    probe (48 held-out proteins 80-250 aa, 15% masked): single ppl {math.exp(l1):.2f}, "
+                  f"first copy of x||x ppl {math.exp(l2):.2f}", flush=True)
+        if time.time() - last_save > args.save_every_min * 60:
+            save_state()
+            last_save = time.time()
+            c0, w0 = time.process_time(), time.time()  # saving time is not training time
+        if args.stop_at is not None and step >= args.stop_at:
+            save_state()
+            print(f"stopped at step {step} (--stop-at); continue with --resume", flush=True)
+            return
+
+    save_state()
+    unpatch(model)
+    model.eval()
+    l1, l2 = probe()
+    n_ex = int(kind_count.sum())
+    print(f"done: {step} steps, active (CPU) {active_s / 60:.1f} min, wall {wall_s / 60:.1f} min "
+          f"(excluding checkpoint I/O); {tok_count} padded tokens; examples {n_ex}, by kind "
+          + ", ".join(f"{KINDS[k]} {kind_count[k]}" for k in range(len(KINDS)))
+          + f"; with an internal repeat {(n_ex - kind_count[-1]) / n_ex:.1%}", flush=True)
+    print(f"final probe (stock attention): single ppl {math.exp(l1):.2f}, first copy of x||x ppl "
+          f"{math.exp(l2):.2f}", flush=True)
+    out = os.path.join(args.out_dir, "final", "esm2_plmscreen_mini.pt")
+    save_checkpoint(model, args, out)
+    dlog = verify_checkpoint(model, out, alphabet)
+    digest = sha256_file(out)
+    with open(out + ".sha256", "w") as fh:
+        fh.write(f"{digest}  {os.path.basename(out)}\n")
+    print(f"saved {out} ({os.path.getsize(out)} bytes), sha256 {digest}; "
+          f"load_model_and_alphabet_core max |dlogit| = {dlog:.3e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
