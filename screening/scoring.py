@@ -113,10 +113,8 @@ def _unmasked_jobs(seq: int, length: int, window: int) -> list[_Job]:
 def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence[int]], per_copy: int,
                  positions: Sequence[int] | None = None) -> list[_Job]:
     windowed = length > window
-    if positions is not None:
-        groups = [[i] for i in positions]
-    elif per_copy == 1 or windowed:
-        groups = [[i] for i in range(length)]
+    if per_copy == 1 or windowed:
+        groups = [[i] for i in (range(length) if positions is None else positions)]
     else:
         # Approximate mode: positions n_groups apart share a copy, never with one of their partners.
         n_groups = math.ceil(length / per_copy)
@@ -130,9 +128,15 @@ def _masked_jobs(seq: int, length: int, window: int, partners: Sequence[Sequence
                     group.append(i)
             groups.append(group)
     jobs = []
+    wanted = None if positions is None else set(positions)
     for group in groups:
+        # A subset (triage) keeps the copies exact mode would run, so its numbers are exact mode's,
+        # and reads only the wanted residues of each.
+        read = tuple(group) if wanted is None else tuple(i for i in group if i in wanted)
+        if not read:
+            continue
         start = window_start(group[0], length, window)
-        jobs.append(_Job(seq, start, start + min(length, window), tuple(group), tuple(group), MASKED))
+        jobs.append(_Job(seq, start, start + min(length, window), tuple(group), read, MASKED))
     return jobs
 
 
