@@ -104,7 +104,8 @@ def screen_proteome(
     )
     plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url)
     with plan.open_catalog() as catalog:
-        pending = [s.index for s in catalog.pending_shards(plan.run_id)]
+        # Shards "running" too: a dead holder's claim is taken over by its task, a live one's awaited.
+        pending = [s.index for s in catalog.unfinished_shards(plan.run_id)]
     done_before = len(plan.shards) - len(pending)
     logger.info(
         "run %s: %d sequences in %d shards, %d to score (%d rejected records)",

@@ -8,9 +8,11 @@ several machines can share it.
 
 Shard life cycle: ``pending`` → (:meth:`Catalog.claim_shard`) ``running`` → ``done`` or
 ``failed``; a failed shard can be claimed again. A claim is one conditional ``UPDATE ... WHERE
-status IN (...)``: with any number of concurrent workers exactly one wins. ``running`` claims of a
-dead worker are recovered with :meth:`Catalog.reset_running` when a flow restarts, or
-automatically by ``claim_shard(..., stale_after=seconds)``.
+status IN (...)``: with any number of concurrent workers, or flows of the same run, exactly one
+wins. A claim is a lease: its holder renews ``heartbeat_at`` (:meth:`Catalog.renew_claim`) while
+it works, and ``claim_shard(..., stale_after=seconds)`` takes over a claim whose heartbeat is
+older than that (its holder died). :meth:`Catalog.take_over_claim` takes over at once from a
+holder known to be dead (a process on the same host that no longer exists).
 
 Positions: ``first_seq``/``last_seq`` are 0-based, inclusive indexes into the run's valid input
 records (in file order).
@@ -154,6 +156,7 @@ class Shard(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(255))  # "host:pid" of the latest claim
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # renewed by the claim's holder
 
 
 class InputSequence(Base):
@@ -203,6 +206,7 @@ class ShardInfo:
     seconds: float | None
     error: str | None
     worker: str | None = None
+    heartbeat_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -381,7 +385,7 @@ class Catalog:
     def _shard_info(row) -> ShardInfo:
         return ShardInfo(row.run_id, row.shard_index, row.first_seq, row.last_seq, row.status, row.attempts,
                          list(row.output_files or []), row.started_at, row.finished_at, row.seconds, row.error,
-                         row.worker)
+                         row.worker, row.heartbeat_at)
 
     def _require_shard(self, conn: Connection, run_id: str, index: int) -> None:
         found = conn.execute(select(Shard.id).where(Shard.run_id == run_id, Shard.shard_index == index)).first()
@@ -531,6 +535,10 @@ class Catalog:
             raise CatalogError(f"run {run_id} has no shard {index}")
         return self._shard_info(row)
 
+    def unfinished_shards(self, run_id: str) -> list[ShardInfo]:
+        """Shards not done: waiting, failed, or held by a worker (alive, or dead and to be taken over)."""
+        return [s for s in self.shards(run_id) if s.status != "done"]
+
     def pending_shards(self, run_id: str, include_failed: bool = True) -> list[ShardInfo]:
         """Shards waiting for a worker (pending, and failed ones unless ``include_failed`` is False)."""
         states = _CLAIMABLE if include_failed else ("pending",)
@@ -548,25 +556,43 @@ class Catalog:
     def claim_shard(self, run_id: str, index: int, *, stale_after: float | None = None,
                     max_attempts: int | None = None, worker: str | None = None) -> bool:
         """Atomically move a pending or failed shard to ``running`` and count the attempt; True if
-        this caller won it. ``stale_after`` (seconds) also takes over a ``running`` claim started
-        longer ago than that (its worker presumably died). ``max_attempts`` refuses shards that
-        were already tried that many times. ``worker`` ("host:pid") says who holds the claim: the
-        status command shows it, and an operator can find the process."""
+        this caller won it. ``stale_after`` (seconds) also takes over a ``running`` claim whose
+        holder has not renewed it for that long (it presumably died). ``max_attempts`` refuses
+        shards that were already tried that many times. ``worker`` ("host:pid") says who holds the
+        claim: the status command shows it, and an operator can find the process."""
         now = _utcnow()
         claimable = Shard.status.in_(_CLAIMABLE)
         if stale_after is not None:
+            last_sign_of_life = func.coalesce(Shard.heartbeat_at, Shard.started_at)
             claimable = or_(claimable, and_(Shard.status == "running",
-                                            Shard.started_at < now - dt.timedelta(seconds=stale_after)))
+                                            last_sign_of_life < now - dt.timedelta(seconds=stale_after)))
         condition = [Shard.run_id == run_id, Shard.shard_index == index, claimable]
         if max_attempts is not None:
             condition.append(Shard.attempts < max_attempts)
+        return self._claim(run_id, index, condition, worker, now)
+
+    def take_over_claim(self, run_id: str, index: int, dead_worker: str, *, worker: str | None = None) -> bool:
+        """Take a ``running`` claim from ``dead_worker`` at once (the caller knows it is dead);
+        False if the shard is no longer held by it (it finished, or someone else took it over)."""
+        condition = [Shard.run_id == run_id, Shard.shard_index == index, Shard.status == "running",
+                     Shard.worker == dead_worker]
+        return self._claim(run_id, index, condition, worker, _utcnow())
+
+    def _claim(self, run_id: str, index: int, condition: list, worker: str | None, now: dt.datetime) -> bool:
         with self.engine.begin() as conn:
             won = conn.execute(update(Shard).where(*condition).values(
-                status="running", attempts=Shard.attempts + 1, started_at=now, finished_at=None,
-                seconds=None, error=None, worker=worker)).rowcount
+                status="running", attempts=Shard.attempts + 1, started_at=now, heartbeat_at=now,
+                finished_at=None, seconds=None, error=None, worker=worker)).rowcount
             if not won:
                 self._require_shard(conn, run_id, index)
             return won == 1
+
+    def renew_claim(self, run_id: str, index: int, worker: str | None) -> bool:
+        """Renew the lease of a ``running`` claim held by ``worker``; False if it holds it no more."""
+        with self.engine.begin() as conn:
+            return conn.execute(update(Shard).where(
+                Shard.run_id == run_id, Shard.shard_index == index, Shard.status == "running",
+                Shard.worker == worker).values(heartbeat_at=_utcnow())).rowcount == 1
 
     def mark_shard_done(self, run_id: str, index: int, files: Sequence[str | Path] = (),
                         seconds: float | None = None) -> None:

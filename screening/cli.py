@@ -101,28 +101,30 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
 
     from schema.catalog import Catalog
     from screening.model import file_sha256, resolve_checkpoint
-    from screening.screen import plan_shards, run_id_for
+    from screening.screen import run_id_for
 
     _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     run_id = run_id_for(contents.sha256, file_sha256(checkpoint), settings)
-    sizes = [(sum(len(r.sequence) for r in contents.records[a : b + 1]), b - a + 1)
-             for a, b in plan_shards(contents.records, settings.shard_budget)]
     stop = threading.Event()
 
+    def residues(first: int, last: int) -> int:
+        return sum(len(r.sequence) for r in contents.records[first : last + 1])
+
     def poll() -> None:
-        bar = tqdm(total=sum(n for n, _ in sizes), unit="res", unit_scale=True, file=sys.stderr,
-                   desc=f"{len(sizes)} shards", dynamic_ncols=True)
+        bar = tqdm(total=sum(len(r.sequence) for r in contents.records), unit="res", unit_scale=True,
+                   file=sys.stderr, desc="scoring", dynamic_ncols=True)
         started, seen, sequences = time.perf_counter(), set(), 0
         while not stop.wait(2.0):
-            try:
+            try:  # the run's registered shards: a resumed run keeps its first shard plan
                 with Catalog.open(catalog_url, store, upgrade=False) as catalog:
-                    done = {s.index for s in catalog.shards(run_id) if s.status == "done"}
+                    done = {s.index: (s.first, s.last) for s in catalog.shards(run_id) if s.status == "done"}
             except Exception:  # noqa: BLE001 - the catalog may not exist yet; the bar only reports
                 continue
-            for index in done - seen:
-                bar.update(sizes[index][0])
-                sequences += sizes[index][1]
-            seen |= done
+            for index in done.keys() - seen:
+                first, last = done[index]
+                bar.update(residues(first, last))
+                sequences += last - first + 1
+            seen |= done.keys()
             bar.set_postfix(seqs=sequences, seq_per_s=f"{sequences / (time.perf_counter() - started):.2f}")
         bar.close()
 
@@ -314,8 +316,10 @@ def repeats(
     table = repeat_table(contents.records, regions)
     import dataclasses
 
-    metadata = {"plmscreen_version": screening.__version__, "input_sha256": contents.sha256,
-                "parameters": {"repeats": dataclasses.asdict(params)}}
+    from schema.arrow import SCHEMA_VERSION
+
+    metadata = {"schema_version": SCHEMA_VERSION, "plmscreen_version": screening.__version__,
+                "input_sha256": contents.sha256, "parameters": {"repeats": dataclasses.asdict(params)}}
     write_parquet_atomic(with_metadata(table, metadata), out)
     if contents.rejects:
         write_rejects(contents.rejects, f"{out}.rejects.tsv")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +79,18 @@ class ScreenSettings:
     def shard_budget(self) -> int:
         """Exact-mode cost (Σ L·min(L, window)) one shard may hold in this mode."""
         return self.shard_tokens * (TRIAGE_SHARD_SCALE if self.mode == "triage" else 1)
+
+    def identity(self) -> dict:
+        """What names a run: the settings that change its numbers or flags. Batch size, engine and
+        shard size only change how fast it goes, so a rerun with another ``--batch-tokens`` after
+        an out-of-memory failure resumes the same run instead of throwing its shards away."""
+        return {
+            "scoring": {"precision": self.scoring.precision, "masks_per_copy": self.scoring.masks_per_copy},
+            "repeats": dataclasses.asdict(self.repeats),
+            "flag": dataclasses.asdict(self.flag),
+            "mode": self.mode,
+            "diagnostics": self.diagnostics,
+        }
 
     def parameters(self) -> dict:
         return {
@@ -262,7 +276,7 @@ def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int) -> list[tup
 
 def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings) -> str:
     """The same input, checkpoint and parameters always name the same run (reruns resume, never duplicate)."""
-    key = json.dumps({"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.parameters()}, sort_keys=True)
+    key = json.dumps({"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.identity()}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -316,6 +330,30 @@ def delete_run_files(store: Path, model_name: str, run_id: str) -> None:
     shutil.rmtree(Path(store) / "runs" / run_id, ignore_errors=True)
 
 
+def register_shards(catalog: Catalog, run_id: str, records: Sequence[ProteinRecord],
+                    planned: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """Register ``planned`` shards unless the run already has some; return the run's shards.
+
+    A run keeps the shards it was first planned with: a resumed run (or a second flow of it)
+    started with another shard size or worker count works on the registered shards, so finished
+    shards stay finished and no record is in two shards."""
+    from schema.catalog import CatalogError
+
+    def registered() -> dict[int, tuple[int, int]]:
+        return {s.index: (s.first, s.last) for s in catalog.shards(run_id)}
+
+    stored = registered()
+    if stored:
+        return stored
+    try:
+        catalog.add_shards(run_id, [(index, first, last, [(r.seq_id, r.sha256) for r in records[first : last + 1]])
+                                    for index, (first, last) in planned.items()])
+    except CatalogError:
+        if not registered():
+            raise
+    return registered()  # a concurrent flow of this run may have registered its plan first
+
+
 def prepare_run(
     input_path: str | Path,
     store: str | Path,
@@ -361,12 +399,9 @@ def prepare_run(
         catalog.register_run(run_id, input_path=input_path, input_sha256=contents.sha256, model_name=model_name,
                              checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
                              plmscreen_version=screening.__version__, store_path=store)
-        catalog.add_shards(run_id, [
-            (index, first, last, [(r.seq_id, r.sha256) for r in contents.records[first : last + 1]])
-            for index, (first, last) in plan.shards.items()
-        ])
-        # Claims left "running" by a killed earlier attempt are free again.
-        catalog.reset_running(run_id)
+        plan.shards = register_shards(catalog, run_id, contents.records, plan.shards)
+        # Claims left "running" stay: their holder may be alive (another flow of this run). A dead
+        # holder's claim is taken over by the shard's task (claim_or_wait).
     return plan
 
 
@@ -401,6 +436,83 @@ class ScorerCache:
         return scorer
 
 
+# A shard claim is a lease: its holder renews it every third of this, and a claim not renewed for
+# this long is taken over (its holder died on another node; on this host a dead holder is seen at
+# once). Long enough to ride out a stalled disk or a busy catalog, short enough that a lost node
+# delays its shards by about a minute.
+CLAIM_LEASE_SECONDS = 60.0
+CLAIM_LEASE_ENV = "PLMSCREEN_CLAIM_LEASE_SECONDS"
+
+
+def claim_lease_seconds() -> float:
+    value = os.environ.get(CLAIM_LEASE_ENV)
+    if value is None:
+        return CLAIM_LEASE_SECONDS
+    try:
+        lease = float(value)
+    except ValueError:
+        raise ValueError(f"${CLAIM_LEASE_ENV} must be a number of seconds, got {value!r}") from None
+    if lease <= 0:
+        raise ValueError(f"${CLAIM_LEASE_ENV} must be positive, got {value!r}")
+    return lease
+
+
+def this_worker() -> str:
+    """How a claim names its holder: "host:pid" (plmscreen status shows it; an operator can find it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_is_dead(holder: str | None) -> bool:
+    """Only a process on this host can be known dead; a holder elsewhere is judged by its lease."""
+    import psutil
+
+    host, _, pid = (holder or "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def claim_or_wait(catalog: Catalog, run_id: str, shard: int, lease: float, poll: float | None = None) -> bool:
+    """Claim ``shard`` for this process: True once claimed, False if it is (or becomes) done.
+
+    A shard held by a live holder (another flow of the same run, a worker still scoring it) is
+    not computed twice: this waits, reading the catalog every ``poll`` seconds, until the holder
+    finishes it or its lease runs out. The catalog, not Prefect or Dask, is the only thing every
+    flow of a run shares, so the lease lives there."""
+    poll = min(5.0, lease / 4) if poll is None else poll
+    me = this_worker()
+    while True:
+        state = catalog.shard(run_id, shard)
+        if state.status == "done":
+            return False
+        if catalog.claim_shard(run_id, shard, stale_after=lease, worker=me):
+            return True
+        if state.status == "running" and holder_is_dead(state.worker) \
+                and catalog.take_over_claim(run_id, shard, state.worker, worker=me):
+            return True
+        time.sleep(poll)
+
+
+@contextlib.contextmanager
+def lease_heartbeat(catalog: Catalog, run_id: str, shard: int, lease: float):
+    """Renew this process's claim on ``shard`` every third of the lease while the block runs."""
+    stop = threading.Event()
+    me = this_worker()
+
+    def beat() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                catalog.renew_claim(run_id, shard, me)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a takeover, never wrong data
+                pass
+
+    thread = threading.Thread(target=beat, name=f"lease-{run_id}-{shard}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass(frozen=True)
 class ShardManifest:
     """What a shard task returns: small, never arrays."""
@@ -421,19 +533,20 @@ def process_shard(
     catalog: Catalog,
     on_sequence_done: Callable[[ProteinRecord], None] | None = None,
 ) -> ShardManifest:
-    """Score one shard and write its files, unless the catalog already has it done."""
+    """Score one shard and write its files, unless it is done (or gets done by the holder of its
+    claim while this waits: see ``claim_or_wait``)."""
     records = plan.shard_records(shard)
     n_residues = sum(len(r.sequence) for r in records)
-    state = catalog.shard(plan.run_id, shard)
-    if state.status == "done":
+    lease = claim_lease_seconds()
+    if not claim_or_wait(catalog, plan.run_id, shard, lease):
+        state = catalog.shard(plan.run_id, shard)
         return ShardManifest(shard, len(records), n_residues, -1, tuple(state.output_files), 0.0, True)
-    # stale_after=0: the flow is the only dispatcher, so a "running" claim here is a dead attempt's.
-    catalog.claim_shard(plan.run_id, shard, stale_after=0, worker=f"{socket.gethostname()}:{os.getpid()}")
     started = time.perf_counter()
     try:
-        tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done,
-                             mode=plan.settings.mode, diagnostics=plan.settings.diagnostics)
-        files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
+        with lease_heartbeat(catalog, plan.run_id, shard, lease):
+            tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done,
+                                 mode=plan.settings.mode, diagnostics=plan.settings.diagnostics)
+            files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
     except Exception as exc:
         catalog.mark_shard_failed(plan.run_id, shard, f"{type(exc).__name__}: {exc}")
         raise
@@ -497,7 +610,7 @@ def run_screen(
     started = time.perf_counter()
     plan = prepare_run(input_path, out_dir, settings, skip_invalid, overwrite, catalog_url)
     with plan.open_catalog() as catalog:
-        pending = {s.index for s in catalog.pending_shards(plan.run_id)}
+        pending = {s.index for s in catalog.unfinished_shards(plan.run_id)}
         if pending and loaded is None:
             loaded = load_model(settings.model, settings.weights_dir, settings.device,
                                 expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)

@@ -1,14 +1,11 @@
 """The run catalog: the same tests on SQLite and on the local PostgreSQL (each test in its own
-PostgreSQL schema). PostgreSQL tests are skipped, with the reason printed, only when the server
-does not answer; set PLMSCREEN_REQUIRE_POSTGRES=1 (CI) to make that a failure instead."""
+PostgreSQL schema). PostgreSQL tests are skipped, with the reason, only when the server does not
+answer and this is not CI (tests/postgres.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
 import threading
-import uuid
 
 import pytest
 from alembic import command
@@ -25,31 +22,7 @@ from schema.catalog import (
     alembic_config,
     catalog_url,
 )
-
-PG_URL = os.environ.get("PLMSCREEN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-_pg_state: dict[str, str | None] = {}
-
-
-def _postgres_problem() -> str | None:
-    """None if PostgreSQL answers, else why not (checked once)."""
-    if "problem" not in _pg_state:
-        problem = None
-        try:
-            ready = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"], capture_output=True, text=True, timeout=10)
-            if ready.returncode != 0:
-                problem = f"pg_isready -h 127.0.0.1: {ready.stdout.strip() or ready.stderr.strip() or 'not ready'}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"pg_isready unavailable ({exc}); trying a connection"
-            try:
-                engine = create_engine(PG_URL, connect_args={"connect_timeout": 5})
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-                engine.dispose()
-                problem = None
-            except Exception as exc2:  # noqa: BLE001 - any failure means: not reachable
-                problem = f"cannot connect to {PG_URL}: {str(exc2).splitlines()[0]}"
-        _pg_state["problem"] = problem
-    return _pg_state["problem"]
+from postgres import PG_URL, fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,25 +39,16 @@ def backend(request, tmp_path):
 
         yield factory
     else:
-        problem = _postgres_problem()
-        if problem:
-            message = f"PostgreSQL not reachable on 127.0.0.1:5432: {problem}"
-            print(message)
-            if os.environ.get("PLMSCREEN_REQUIRE_POSTGRES"):
-                pytest.fail(message + " (PLMSCREEN_REQUIRE_POSTGRES is set)")
-            pytest.skip(message)
-        schema = f"plmscreen_test_{uuid.uuid4().hex[:12]}"
+        with fresh_schema() as schema:
 
-        def factory(**kwargs) -> Catalog:
-            cat = Catalog.open(PG_URL, schema=schema, **kwargs)
-            opened.append(cat)
-            return cat
+            def factory(**kwargs) -> Catalog:
+                cat = Catalog.open(PG_URL, schema=schema, **kwargs)
+                opened.append(cat)
+                return cat
 
-        yield factory
-        engine = create_engine(PG_URL)
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
+            yield factory
+            for cat in opened:
+                cat.close()
     for cat in opened:
         cat.close()
 
@@ -98,7 +62,7 @@ def test_open_migrates_to_head_and_matches_the_models(backend):
 
     cat = backend()
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert cat.revision() == head == "0002"
+    assert cat.revision() == head == "0003"
     with cat.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) >= {"runs", "shards", "input_sequences", "alembic_version"}
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -116,7 +80,7 @@ def test_migrations_downgrade_and_upgrade(backend):
     with cat.engine.connect() as conn:
         assert "runs" not in inspect(conn).get_table_names()
     cat.upgrade()
-    assert cat.revision() == "0002" and cat.list_runs() == []
+    assert cat.revision() == "0003" and cat.list_runs() == []
 
 
 def test_upgrade_from_0001_keeps_runs_and_shards(backend):
@@ -132,9 +96,9 @@ def test_upgrade_from_0001_keeps_runs_and_shards(backend):
         conn.exec_driver_sql("INSERT INTO shards (run_id, shard_index, first_seq, last_seq, status, attempts) "
                              "VALUES ('old', 0, 0, 4, 'done', 1)")
     cat.upgrade()
-    assert cat.revision() == "0002"
+    assert cat.revision() == "0003"
     old = cat.shard("old", 0)
-    assert (old.status, old.attempts, old.worker) == ("done", 1, None)
+    assert (old.status, old.attempts, old.worker, old.heartbeat_at) == ("done", 1, None, None)
 
 
 def test_register_run_is_new_once_and_checks_identity(backend):
@@ -340,3 +304,35 @@ def test_status_command_names_the_worker_of_running_shards(tmp_path):
     assert any("shard     1" in line and "running" in line and "on node8:99" in line for line in lines)
     assert any("shard     2" in line and "failed" in line and "CUDA out of memory" in line for line in lines)
     assert not any("shard     0" in line for line in lines)  # done shards only with --run
+
+
+def test_a_claim_is_a_lease_renewed_by_its_holder(backend):
+    cat = backend()
+    cat.register_run("run1")
+    cat.add_shards("run1", _shards(2))
+    assert cat.claim_shard("run1", 0, worker="node1:10") is True
+    with cat.engine.begin() as conn:  # the holder went quiet an hour ago
+        conn.execute(text("UPDATE shards SET heartbeat_at = :t, started_at = :t WHERE shard_index = 0"),
+                     {"t": dt.datetime(2026, 1, 1)})
+    assert cat.renew_claim("run1", 0, "node1:10") is True  # it was alive after all: renewed now
+    assert cat.claim_shard("run1", 0, stale_after=600, worker="node2:20") is False  # renewed: still held
+    assert cat.renew_claim("run1", 0, "node2:20") is False  # not the holder
+    with cat.engine.begin() as conn:
+        conn.execute(text("UPDATE shards SET heartbeat_at = :t WHERE shard_index = 0"), {"t": dt.datetime(2026, 1, 1)})
+    assert cat.claim_shard("run1", 0, stale_after=600, worker="node2:20") is True  # lease expired: taken over
+    shard = cat.shard("run1", 0)
+    assert (shard.worker, shard.attempts) == ("node2:20", 2)
+    assert cat.renew_claim("run1", 0, "node1:10") is False  # the old holder has lost it
+
+
+def test_take_over_only_from_the_named_dead_holder(backend):
+    cat = backend()
+    cat.register_run("run1")
+    cat.add_shards("run1", _shards(1))
+    assert cat.claim_shard("run1", 0, worker="host:111") is True
+    assert cat.take_over_claim("run1", 0, "host:999", worker="host:222") is False  # not who holds it
+    assert cat.take_over_claim("run1", 0, "host:111", worker="host:222") is True
+    assert cat.take_over_claim("run1", 0, "host:111", worker="host:333") is False  # already taken over
+    assert cat.shard("run1", 0).worker == "host:222"
+    cat.mark_shard_done("run1", 0, [])
+    assert cat.take_over_claim("run1", 0, "host:222", worker="host:333") is False  # done stays done

@@ -7,6 +7,7 @@ same numbers as an uninterrupted in-process screen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -264,4 +265,32 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
         monkeypatch.setattr(screen_module, "score_shard", real_score_shard)  # the fault is fixed
         again = screen_proteome.with_options(task_runner=runner)(**params)
     assert again["failed_shards"] == [] and again["n_shards_skipped"] == n_shards - 1
+    assert_same_screen(store, reference, fasta)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_flows_of_one_run_compute_each_shard_once(backend, fasta, n_shards, reference, tiny_checkpoint, tmp_path):
+    """A cron run overlapping a manual rerun: both flows finish, and no shard is claimed (so scored)
+    twice: a claim is only ever won by the one process that then scores the shard."""
+    from postgres import fresh_database
+    from schema.catalog import Catalog
+
+    store = tmp_path / "store"
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(fresh_database()) if backend == "postgresql" else None
+        extra = ("--catalog", url) if url else ()
+        procs = [start_screen(fasta, store, tiny_checkpoint, tmp_path / f"flow{k}", "--workers", "1", *extra) for k in range(2)]
+        try:
+            outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                kill_session(proc)
+        for proc, output in zip(procs, outputs):
+            assert proc.returncode == 0, output[-4000:]
+            assert f"Screened {N_PROTEINS} sequences" in output
+        with Catalog.open(url, store) as catalog:
+            (run,) = catalog.list_runs()
+            shards = catalog.shards(run.run_id)
+    assert len(shards) == n_shards
+    assert [s.attempts for s in shards] == [1] * n_shards, "a shard was computed by both flows"
     assert_same_screen(store, reference, fasta)
