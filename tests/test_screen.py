@@ -204,9 +204,12 @@ def test_cli_repeats_writes_region_pairs(tmp_path):
     result = _run_cli("repeats", str(fasta), "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = pq.read_table(out).to_pylist()
-    assert set(pq.read_schema(out).names) >= {"seq_id", "region_id", "start", "end", "partner_start", "partner_end", "identity", "score"}
+    assert pq.read_schema(out).names == ["seq_id", "region_id", "start", "end", "partner_start", "partner_end",
+                                         "identity", "score", "pvalue"]  # the README's column list
+    assert read_metadata(out)["schema_version"] == SCHEMA_VERSION
     doubled = [r for r in rows if r["seq_id"] == "doubled"]
     assert any(r["start"] == 1 and r["end"] == 70 and r["partner_start"] == 71 and r["partner_end"] == 140 and r["identity"] == 1.0 for r in doubled)
+    assert all(0 < r["pvalue"] <= 1e-3 for r in rows)  # the detector's default cut-off
     assert not [r for r in rows if r["seq_id"] == "single"]
 
 
@@ -215,3 +218,54 @@ def test_cli_version_and_help():
     help_text = _run_cli("screen", "--help").stdout
     for option in ("--out", "--model", "--device", "--batch-tokens", "--skip-invalid"):
         assert option in help_text
+
+
+def test_only_settings_that_change_numbers_or_flags_name_a_run():
+    from screening.metrics import FlagRule
+    from screening.scoring import ScoringOptions
+    from screening.screen import run_id_for
+
+    def run_id(**changes):
+        return run_id_for("in" * 32, "ck" * 32, ScreenSettings(**changes))
+
+    base = run_id()
+    for speed_only in (dict(scoring=ScoringOptions(batch_tokens=1024)), dict(scoring=ScoringOptions(engine="fair-esm")),
+                       dict(shard_tokens=123), dict(device="cpu"), dict(weights_dir="/elsewhere")):
+        assert run_id(**speed_only) == base, speed_only
+    for numbers in (dict(scoring=ScoringOptions(precision="bf16")), dict(scoring=ScoringOptions(masks_per_copy=2)),
+                    dict(flag=FlagRule(min_inflation_factor=1.2)), dict(mode="triage"), dict(diagnostics=False)):
+        assert run_id(**numbers) != base, numbers
+
+
+def test_rerun_with_a_smaller_batch_resumes_and_keeps_finished_shards(tmp_path, tiny_checkpoint):
+    """After an out-of-memory failure the user reruns with a smaller --batch-tokens (and perhaps a
+    new shard size): finished shards are kept, the others are scored, the numbers are the same."""
+    from schema.catalog import Catalog
+    from screening.scoring import Scorer, ScoringOptions
+    from screening.screen import prepare_run, process_shard
+
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">p{k}\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ{'AG' * k}\n" for k in range(8)))
+    first = ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=3000,
+                           scoring=ScoringOptions(batch_tokens=4096))
+    plan = prepare_run(fasta, tmp_path / "store", first)
+    assert len(plan.shards) >= 3
+    from screening.model import load_model
+
+    with plan.open_catalog() as catalog:
+        process_shard(Scorer(load_model(str(tiny_checkpoint), device="cpu"), first.scoring), plan, 0, catalog)
+    kept = next((tmp_path / "store").glob("sequences/**/part-00000.parquet"))
+    mtime = kept.stat().st_mtime_ns
+
+    smaller = ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=1500,
+                             scoring=ScoringOptions(batch_tokens=512))
+    summary = run_screen(fasta, tmp_path / "store", smaller)
+    assert summary.run_id == plan.run_id
+    assert summary.n_shards == len(plan.shards) and summary.n_shards_skipped == 1
+    assert kept.stat().st_mtime_ns == mtime, "the finished shard was recomputed"
+    fresh = run_screen(fasta, tmp_path / "fresh", first)
+    got = {r["seq_id"]: r["pppl"] for r in pq.read_table(tmp_path / "store" / "sequences").to_pylist()}
+    want = {r["seq_id"]: r["pppl"] for r in pq.read_table(tmp_path / "fresh" / "sequences").to_pylist()}
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in got)
+    with Catalog.open(None, tmp_path / "store") as catalog:
+        assert [s.status for s in catalog.shards(plan.run_id)] == ["done"] * len(plan.shards)
