@@ -24,13 +24,16 @@ def slurm_cluster(**overrides):
 
     options = dict(
         queue="gpu",
-        cores=8,  # CPU cores per job: tokenising, repeat alignment, Parquet writing
+        cores=1,  # Dask threads per worker: one shard at a time per GPU ...
+        job_cpu=8,  # ... but 8 CPU cores booked per job (tokenising, repeat alignment, Parquet writing)
         processes=1,  # one worker per job ...
         memory="64GB",
         walltime="04:00:00",
         job_extra_directives=["--gres=gpu:1"],  # ... with one GPU
-        worker_extra_args=["--nthreads", "1"],  # one shard at a time per GPU
         job_script_prologue=["source ~/plmscreen/.venv/bin/activate"],
+        # The job's own interpreter, from the venv the prologue activates; dask-jobqueue's default
+        # is the login node's sys.executable, which need not exist on the compute nodes.
+        python="python",
         local_directory="$TMPDIR",
     )
     options.update(overrides)

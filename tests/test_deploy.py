@@ -38,6 +38,15 @@ def test_slurm_spec_writes_a_one_gpu_one_task_job_script():
         script = cluster.job_script()
     finally:
         cluster.close()
-    assert "#SBATCH -p gpu" in script and "#SBATCH --gres=gpu:1" in script and "#SBATCH -A bio" in script
-    assert "--nthreads 1" in script and "source ~/plmscreen/.venv/bin/activate" in script
+    lines = script.splitlines()
+    assert {"#SBATCH -p gpu", "#SBATCH --gres=gpu:1", "#SBATCH -A bio", "#SBATCH --cpus-per-task=8"} <= set(lines)
+    # The venv is activated first, then the worker starts with that venv's python, one thread.
+    prologue = lines.index("source ~/plmscreen/.venv/bin/activate")
+    (command,) = [line for line in lines if "distributed.cli.dask_worker" in line]
+    assert lines.index(command) > prologue
+    words = command.split()
+    assert words[:3] == ["python", "-m", "distributed.cli.dask_worker"] and words[3].startswith("tcp://")
+    assert words.count("--nthreads") == 1 and words[words.index("--nthreads") + 1] == "1"
+    assert words.count("--nworkers") == 0 and "--nanny" in words
+    assert words[words.index("--local-directory") + 1] == "$TMPDIR"
     assert slurm_task_runner(jobs=8).adapt_kwargs == {"minimum": 1, "maximum": 8}
