@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,9 +13,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def require_chromium() -> None:
+    """Skip without Chromium, except in CI (CI=true), where a missing browser is a failure."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is not installed (apt-get update && apt-get install -y chromium)"
-        print(f"SKIP: {reason}")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + " (CI requires it)")
         pytest.skip(reason)
 
 

@@ -13,7 +13,7 @@ import torch
 from screening.fasta import read_fasta
 from screening.model import load_model
 from screening.scoring import CPU_BATCH_TOKENS, Scorer, ScoringOptions
-from tests.test_flows import REPO
+from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

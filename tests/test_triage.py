@@ -15,7 +15,7 @@ from screening.metrics import FlagRule, could_flag
 from screening.repeats import RepeatParams
 from screening.scoring import Scorer, ScoringOptions
 from screening.screen import score_shard
-from tests.test_flows import REPO
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
