@@ -39,12 +39,14 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_scoring import (  # noqa: E402
     ARCHS,
     DEFAULT_FASTA,
+    ECOLI_FASTA,
     RESULTS_DIR,
     forward_flops,
     machine_info,
     matmul_rate,
     pick_proteins,
     read_fasta,
+    require,
     sync,
     write_random_checkpoint,
 )
@@ -97,6 +99,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
+    args.fasta = require(args.fasta, "--fasta", ECOLI_FASTA)
     proteins = [s for _, s in pick_proteins(args.fasta, args.n, args.min_len, args.max_len)]
     ecoli_lengths = [len(s) for _, s in read_fasta(args.fasta)]
     human_lengths = [max(1, round(n * HUMAN_MEAN_LENGTH / np.mean(ecoli_lengths))) for n in ecoli_lengths]

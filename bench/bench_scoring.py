@@ -60,8 +60,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.datasets import ECOLI_FASTA, default_path, require  # noqa: E402
+
 RESULTS_DIR = ROOT / "bench" / "results"
-DEFAULT_FASTA = ROOT.parent / "shared" / "data" / "fasta" / "UP000000625_83333_ecoli_k12.fasta"
+DEFAULT_FASTA = default_path(ECOLI_FASTA)  # None unless $PLMSCREEN_DATA_DIR is set
 ARCHS = {  # real ESM-2 sizes: layers, embed dim, heads
     "esm2_t6_8M": (6, 320, 20),
     "esm2_t12_35M": (12, 480, 20),
@@ -428,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", choices=("default", "wide"), default="default",
                    help="random-weight init: fair-esm's constructor (default) or the tests' wider init")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fasta", type=Path, default=None, help=f"proteins (default {DEFAULT_FASTA} if present)")
+    p.add_argument("--fasta", type=Path, default=None, help="proteins (default: the E. coli proteome under $PLMSCREEN_DATA_DIR)")
     p.add_argument("--n", type=int, default=3, help="number of proteins (naive costs n+1 forwards each)")
     p.add_argument("--min-len", type=int, default=150)
     p.add_argument("--max-len", type=int, default=300)
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from screening.model import load_model, resolve_device
 
     device = resolve_device(args.device)
-    fasta = args.fasta or DEFAULT_FASTA
+    fasta = require(args.fasta, "--fasta", ECOLI_FASTA)
     if not fasta.is_file():
         raise SystemExit(f"FASTA not found: {fasta} (pass --fasta)")
     proteins = pick_proteins(fasta, args.n, args.min_len, args.max_len)

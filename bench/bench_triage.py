@@ -23,11 +23,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
 
 import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
+from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
 from screening.fasta import ProteinRecord, read_fasta  # noqa: E402
 from screening.metrics import FlagRule  # noqa: E402
 from screening.repeats import RepeatParams  # noqa: E402
@@ -63,7 +63,7 @@ def validation_cases(pool: list[ProteinRecord], n_each: int, seed: int) -> list[
 def benchmark_repeats(n: int, max_len: int, seed: int) -> list[ProteinRecord]:
     from Bio import SeqIO
 
-    path = SHARED / "repeats" / "wrightlab_tandem_repeat" / "TPs_v5.fas.gz"
+    path = data_path(TANDEM_REPEATS / "TPs_v5.fas.gz")
     if not path.exists():
         return []
     with gzip.open(path, "rt") as fh:
@@ -98,7 +98,7 @@ def run_mode(scorer: Scorer, counter: TokenCounter, records, mode: str, rule: Fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="plmscreen-mini")
-    parser.add_argument("--fasta", type=Path, default=SHARED / "fasta" / "UP000000625_83333_ecoli_k12.fasta")
+    parser.add_argument("--fasta", type=Path, default=default_path(ECOLI_FASTA), help="E. coli proteome (default: under $PLMSCREEN_DATA_DIR)")
     parser.add_argument("--n-proteome", type=int, default=300)
     parser.add_argument("--n-cases", type=int, default=10, help="doubled and inserted-copy constructs, each")
     parser.add_argument("--n-benchmark", type=int, default=20, help="tandem-repeat chains from the repeat benchmark")
@@ -112,7 +112,7 @@ def main() -> None:
     from screening.model import load_model
 
     torch.set_num_threads(args.threads)
-    proteome = proteome_sample(args.fasta, args.n_proteome, args.max_len, args.seed)
+    proteome = proteome_sample(require(args.fasta, "--fasta", ECOLI_FASTA), args.n_proteome, args.max_len, args.seed)
     cases = validation_cases(proteome, args.n_cases, args.seed) + benchmark_repeats(args.n_benchmark, args.max_len, args.seed)
     records = proteome + cases
     loaded = load_model(args.model, device="cpu")

@@ -40,12 +40,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
+from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
 from screening.fasta import ProteinRecord, read_fasta  # noqa: E402
 from screening.metrics import FlagRule  # noqa: E402
 from screening.repeats import RepeatParams  # noqa: E402
@@ -69,15 +69,15 @@ def mutate(segment: str, identity: float, rng: random.Random) -> str:
 
 def build_sets(args) -> dict[str, list[tuple[ProteinRecord, dict]]]:
     """name -> [(record, labels)]"""
-    from bench.repeat_benchmark import DATA, load
+    from bench.repeat_benchmark import load
 
     rng = random.Random(args.seed)
-    proteome = [r for r in read_fasta(args.fasta).records if 50 <= len(r.sequence) <= args.max_len]
+    proteome = [r for r in read_fasta(require(args.fasta, "--fasta", ECOLI_FASTA)).records if 50 <= len(r.sequence) <= args.max_len]
     ecoli = rng.sample(proteome, args.n_ecoli)
     sets: dict[str, list] = {"ecoli": [(r, {}) for r in ecoli]}
     sets["ecoli_shuffled"] = [(ProteinRecord(f"shuf|{r.seq_id}", "".join(rng.sample(r.sequence, len(r.sequence)))), {})
                               for r in ecoli]
-    chains = load(DATA)
+    chains = load(data_path(TANDEM_REPEATS))
     keys = sorted(k for k, c in chains.items() if len(c["seq"]) <= args.max_len and set(c["seq"]) <= set(AMINO))
     keys = rng.sample(keys, min(args.n_pdb, len(keys)))
     sets["decoys"] = [(ProteinRecord(f"decoy|{k}", chains[k]["decoy"]), {}) for k in keys]
@@ -163,7 +163,7 @@ def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="plmscreen-mini")
-    parser.add_argument("--fasta", type=Path, default=SHARED / "fasta" / "UP000000625_83333_ecoli_k12.fasta")
+    parser.add_argument("--fasta", type=Path, default=default_path(ECOLI_FASTA), help="E. coli proteome (default: under $PLMSCREEN_DATA_DIR)")
     parser.add_argument("--n-ecoli", type=int, default=300)
     parser.add_argument("--n-pdb", type=int, default=200)
     parser.add_argument("--n-constructs", type=int, default=12, help="per identity level, and doubled")

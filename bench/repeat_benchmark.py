@@ -1,6 +1,6 @@
 """Benchmark screening.repeats on the Wright-lab structural tandem-repeat set.
 
-Data (read-only): shared/data/repeats/wrightlab_tandem_repeat/
+Data (read-only): $PLMSCREEN_DATA_DIR/repeats/wrightlab_tandem_repeat/ (docs/data-sources.md)
   TPs_v5.fas.gz  real PDB chains with CE-Symm structural repeat units
   FPs_v5.fas.gz  composition-identical shuffles of the same chains (same IDs): decoys
   units.tsv      the truth units, 1-based sequence positions (begin_label, end_label)
@@ -49,10 +49,9 @@ from Bio import SeqIO
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, default_path, require  # noqa: E402
 from screening.repeats import RepeatParams, find_repeats, partner_map, repeat_residues  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "repeats" / "wrightlab_tandem_repeat"
-ECOLI = ROOT.parent / "shared" / "data" / "fasta" / "UP000000625_83333_ecoli_k12.fasta"
 OUT = ROOT / "bench" / "results"
 IDENTITY_BINS = [0.0, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0001]
 NOTES_MARKER = "<!-- notes: kept when the results above are regenerated -->"
@@ -333,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=300, help="chains to sample (0 = all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the chain sample")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RepeatParams field")
-    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--data", type=Path, default=default_path(TANDEM_REPEATS), help="benchmark folder (default: under $PLMSCREEN_DATA_DIR)")
     parser.add_argument("--ecoli", type=int, default=300, help="E. coli proteins for the null check (0 = skip)")
-    parser.add_argument("--ecoli-fasta", type=Path, default=ECOLI)
+    parser.add_argument("--ecoli-fasta", type=Path, default=default_path(ECOLI_FASTA), help="E. coli proteome (default: under $PLMSCREEN_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=OUT / "repeat_benchmark", help="output stem (.md and .json written)")
     parser.add_argument("--no-write", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)
@@ -351,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sorted(set(SWEEP) | {base.max_pvalue})
     loose = dataclasses.replace(base, max_pvalue=max(sweep))
 
-    chains = load(args.data)
+    chains = load(require(args.data, "--data", TANDEM_REPEATS))
     keys = sorted(chains)
     if args.n and args.n < len(keys):
         keys = sorted(np.random.default_rng(args.seed).choice(keys, size=args.n, replace=False).tolist())
@@ -361,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     summary = summarise(result, base, sweep)
     if args.ecoli:
-        summary["ecoli"] = ecoli_checks(args.ecoli_fasta, args.ecoli, base, args.seed)
+        summary["ecoli"] = ecoli_checks(require(args.ecoli_fasta, "--ecoli-fasta", ECOLI_FASTA), args.ecoli, base, args.seed)
     meta = {
         "command": "python bench/repeat_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "n_chains": len(keys),

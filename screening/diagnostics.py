@@ -1,4 +1,4 @@
-"""Per-residue diagnostics that tell look-up from a mere extra mask (docs: ../shared/docs/science.md).
+"""Per-residue diagnostics that tell look-up from a mere extra mask (docs: docs/science.md).
 
 For a residue i with partners π(i):
 - ``logp_random_comask`` ℓ_i^rand: log P(x_i) with i and |π(i)| random non-partner positions

@@ -1,6 +1,6 @@
 """Per-sequence summaries of per-residue scores, and the flag rule.
 
-Definitions (../shared/docs/science.md):
+Definitions (docs/science.md):
 - ``pll`` = Σ logp_masked; ``pppl`` = exp(-mean logp_masked) over real residues;
 - ``pppl_ablated`` uses logp_ablated where a residue has partners and logp_masked elsewhere;
 - ``inflation_i`` = logp_masked - logp_ablated; ``inflation_factor`` = pppl_ablated / pppl,

@@ -1,4 +1,4 @@
-"""Exact masked pseudo-likelihoods with repeat-partner ablation (docs: ../shared/docs/science.md).
+"""Exact masked pseudo-likelihoods with repeat-partner ablation (docs: docs/science.md).
 
 For every residue i of a sequence x (residue i is token i+1: BOS comes first):
 - ``logp_masked[i]``   = log P(x_i | x with only i masked), one masked copy per residue;

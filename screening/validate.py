@@ -1,7 +1,7 @@
 """Validation suite: does a model show the in-context look-up of arXiv 2504.17068?
 
 Kantroo, Wagner & Machta found that a masked protein LM fills a masked residue by copying the
-partner copy of a repeat (docs: ../shared/docs/science.md). Each experiment here turns one of
+partner copy of a repeat (docs: docs/science.md). Each experiment here turns one of
 their findings into a directional claim, measures it on real proteins in constructs whose partners
 are known by construction, and says whether the model shows it:
 

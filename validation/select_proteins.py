@@ -32,7 +32,7 @@ def is_heldout(accession: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fasta", default="/work/shared/data/fasta/UP000000625_83333_ecoli_k12.fasta")
+    parser.add_argument("--fasta", required=True, help="UniProt UP000000625 (E. coli K-12) FASTA; see docs/data-sources.md")
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--out", default=str(ROOT / "screening/data/validation_proteins.fasta"))
     args = parser.parse_args()
