@@ -60,3 +60,17 @@ def test_dask_cuda_screen(tmp_path):
                           "--gpus", "1", "--device", "cuda", "--no-progress"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Screened 4 sequences" in out.stdout
+
+
+def test_automatic_batches_fit_in_free_gpu_memory(proteins):
+    """The batch budget sized from free memory is a real fit: scoring at it stays inside that memory."""
+    loaded = load_model("plmscreen-mini", device="cuda")
+    torch.cuda.synchronize()
+    free_before, _ = torch.cuda.mem_get_info()
+    allocated_before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    scorer = Scorer(loaded)
+    scorer.score(proteins)
+    peak = torch.cuda.max_memory_allocated() - allocated_before
+    assert scorer.batch_tokens >= 1024
+    assert peak <= free_before, f"{peak / 2**30:.1f} GiB used, {free_before / 2**30:.1f} GiB were free"

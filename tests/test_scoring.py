@@ -232,18 +232,34 @@ def test_out_of_memory_batches_are_split_and_give_the_same_numbers(tiny_model, s
         one.score(SEQS[:1])
 
 
-def test_automatic_batch_size_follows_free_gpu_memory(tiny_model, monkeypatch):
+def test_automatic_batch_size_follows_free_gpu_memory_and_batches_fit_it(tiny_model, monkeypatch):
+    """The budget grows with free GPU memory within its bounds, and every batch the scorer packs
+    stays inside it. (Whether the memory model holds on a real GPU is tests/test_gpu.py's.)"""
     from types import SimpleNamespace
 
-    from screening.scoring import CPU_BATCH_TOKENS, auto_batch_tokens
+    from screening.scoring import CPU_BATCH_TOKENS, _ablated_jobs, _batches, _masked_jobs, _unmasked_jobs, auto_batch_tokens
 
     assert Scorer(tiny_model, ScoringOptions(batch_tokens=None)).batch_tokens == CPU_BATCH_TOKENS
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     gpu = SimpleNamespace(device=torch.device("cuda"), model=SimpleNamespace(embed_dim=1280))
-    tokens = auto_batch_tokens(gpu)
-    assert tokens == int(0.6 * 40 * 2**30 / (12 * 1280 * 4))  # ~420k tokens for 650M on 40 GiB free
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * 2**30, 80 * 2**30))
-    assert auto_batch_tokens(gpu) < tokens
+    budgets = []
+    for free_gib in (0.01, 1, 8, 40, 80, 10_000):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free_gib: (int(f * 2**30), 80 * 2**30))
+        budgets.append(auto_batch_tokens(gpu))
+    assert budgets == sorted(budgets) and budgets[0] == 1024 and budgets[-1] == 1 << 20
+    assert len(set(budgets)) == len(budgets)  # more free memory, bigger batches, up to the cap
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 1500, size=12)
+    for budget in budgets[1:4]:
+        jobs = []
+        for s, length in enumerate(lengths):
+            partners = [[(i + 37) % length] if i % 3 == 0 else [] for i in range(length)]
+            jobs += _unmasked_jobs(s, int(length), 1022) + _masked_jobs(s, int(length), 1022, partners, 1)
+            jobs += _ablated_jobs(s, int(length), 1022, partners)
+        batches = _batches(jobs, budget)
+        assert sum(len(b) for b in batches) == len(jobs)
+        for batch in batches:
+            padded = len(batch) * (max(j.stop - j.start for j in batch) + 2)
+            assert padded <= budget or len(batch) == 1, (budget, padded)
 
 
 def test_fp16_needs_cuda(tiny_model):

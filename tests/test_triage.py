@@ -190,14 +190,14 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
 
 def test_triage_shards_hold_more_sequences(records):
     """Triage does ~1/9 of exact mode's work per sequence, so the same budget plans fewer, fuller shards."""
-    from screening.screen import TRIAGE_SHARD_SCALE, ScreenSettings, plan_shards
+    from screening.screen import ScreenSettings, plan_shards
 
     exact = ScreenSettings(shard_tokens=40_000)
     triage = ScreenSettings(shard_tokens=40_000, mode="triage")
-    assert triage.shard_budget == TRIAGE_SHARD_SCALE * exact.shard_budget == TRIAGE_SHARD_SCALE * 40_000
-    n_exact = len(plan_shards(records, exact.shard_budget))
-    n_triage = len(plan_shards(records, triage.shard_budget))
-    assert n_exact >= 6 and n_triage < n_exact / 3
+    exact_plan, triage_plan = plan_shards(records, exact.shard_budget), plan_shards(records, triage.shard_budget)
+    assert len(exact_plan) >= 6 and len(triage_plan) < len(exact_plan) / 3
+    for plan in (exact_plan, triage_plan):  # both cover every record once, in order
+        assert [i for first, last in plan for i in range(first, last + 1)] == list(range(len(records)))
 
 
 def lrr_like_sequence() -> str:

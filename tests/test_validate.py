@@ -217,3 +217,24 @@ def test_packaged_proteins_are_held_out_and_repeat_free():
         accession = record.seq_id.split("|")[1]
         assert int(hashlib.md5(accession.encode()).hexdigest(), 16) % 10 == 0, f"{accession} was in the training split"
         assert 300 <= len(record.sequence) <= 600 and not find_repeats(record.sequence)
+
+
+@pytest.mark.slow
+def test_documented_default_reproduces_the_recorded_verdicts(tmp_path, single_thread):
+    """`plmscreen validate` at its documented defaults (the full preset) gives the verdicts and
+    effect sizes recorded in validation/results/<model>/report.json for the bundled model."""
+    from conftest import REPO
+
+    recorded = json.loads((REPO / "validation" / "results" / "plmscreen-mini" / "report.json").read_text())
+    bundled = load_model("plmscreen-mini", device="cpu")
+    assert recorded["model"]["checkpoint_sha256"] == bundled.checkpoint_sha256, \
+        "the recorded validation is of another checkpoint: rerun it for the bundled model"
+    result = CliRunner().invoke(app, ["validate", "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"] == recorded["settings"]
+    assert report["verdicts"] == recorded["verdicts"]
+    for got, want in zip(report["experiments"], recorded["experiments"]):
+        assert [c["shown"] for c in got["checks"]] == [c["shown"] for c in want["checks"]], got["key"]
+        for g, w in zip(got["checks"], want["checks"]):
+            assert g["mean"] == pytest.approx(w["mean"], rel=1e-4, abs=1e-6), (got["key"], g["claim"])
