@@ -72,10 +72,16 @@ def assert_same_screen(store: Path, reference: dict, fasta: Path) -> None:
     for row in got["residues"]:
         want = ref[(row["seq_id"], row["pos"])]
         assert row["logp_masked"] == pytest.approx(want["logp_masked"], abs=1e-5)
-        assert (row["logp_ablated"] is None) == (want["logp_ablated"] is None)
+        assert row["logp_unmasked"] == pytest.approx(want["logp_unmasked"], abs=1e-5)
+        assert row["partner_pos"] == want["partner_pos"]
+        if want["logp_ablated"] is None:
+            assert row["logp_ablated"] is None
+        else:
+            assert row["logp_ablated"] == pytest.approx(want["logp_ablated"], abs=1e-5)
     ref_seq = {r["seq_id"]: r for r in reference["sequences"]}
     for row in got["sequences"]:
         assert row["pppl"] == pytest.approx(ref_seq[row["seq_id"]]["pppl"], rel=1e-6)
+        assert row["inflation_factor"] == pytest.approx(ref_seq[row["seq_id"]]["inflation_factor"], rel=1e-6)
         assert row["flagged"] == ref_seq[row["seq_id"]]["flagged"]
 
 
@@ -279,7 +285,10 @@ def test_two_flows_of_one_run_compute_each_shard_once(backend, fasta, n_shards, 
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(fresh_database()) if backend == "postgresql" else None
         extra = ("--catalog", url) if url else ()
-        procs = [start_screen(fasta, store, tiny_checkpoint, tmp_path / f"flow{k}", "--workers", "1", *extra) for k in range(2)]
+        homes = [tmp_path / f"flow{k}" for k in range(2)]  # each flow with its own temporary Prefect server
+        for home in homes:
+            (home / "prefect-home").mkdir(parents=True)
+        procs = [start_screen(fasta, store, tiny_checkpoint, home, "--workers", "1", *extra) for home in homes]
         try:
             outputs = [proc.communicate(timeout=900)[0] for proc in procs]
         finally:
