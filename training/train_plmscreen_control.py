@@ -17,22 +17,29 @@ Example mixture (fractions of EXAMPLES; each example drawn independently, seeded
   --p-easy  (0.15) rehearsal of v1's phase-1 copy task: a uniform random 8-30-mer written twice
             side by side with 0-10-residue random flanks (keeps the look-up alive, see
             shared/docs/science.md: switching tasks abruptly erased copying before).
-  --p-randdbl (0.15) the copy task at the current offsets: a uniform random sequence of 8..cap/2
-            residues doubled (with p=0.3 a natural spacer between the copies). Only copying lowers
-            its loss, so it keeps a strong copying signal while the offsets widen.
-  --p-gap   (0.10) the same task widened: a uniform random 8-64-mer, a gap of natural protein
-            sequence of 0..cap residues, the copy (exact p=0.7, else 70-95% identity), natural
+  --p-randdbl (0.30) the copy task at the current offsets: a uniform random sequence of
+            8..copy_len residues (log-uniform, so short offsets are rehearsed throughout) doubled
+            (with p=0.3 a natural spacer of up to copy_len residues between the copies). Only
+            copying lowers its loss, so it keeps a strong copying signal while offsets widen.
+  --p-gap   (0.05) the same task widened: a uniform random 8-64-mer, a gap of natural protein
+            sequence of 0..copy_len residues, the copy (exact p=0.7, else 70-95% identity), natural
             flanks.
-  --p-doubled (0.20) a WHOLE training protein x (cropped to cap/2 if longer) doubled: x||x', or
+  --p-doubled (0.20) a WHOLE training protein x (cropped to min(cap/2, max(64, copy_len)) if
+            longer) doubled: x||x', or
             x||g||x' with p=0.3 where g is a natural spacer so that offsets span 0..cap; x' exact
             with p=0.6, else mutated to 50-95% identity.
-  --p-insert (0.15) a natural crop (whole protein if it fits, else a random window of 256..cap)
+  --p-insert (0.10) a natural crop (whole protein if it fits, else a random window of 256..cap)
             with 1-2 inserted copies of its own segments (10-150 aa) at random positions (offsets
             over the whole crop); exact with p=0.5, else 50-95% identity.
-  rest (0.25) plain natural crops (whole protein if <= cap, else a random window of cap).
+  rest (0.20) plain natural crops (whole protein if <= cap, else a random window of cap).
 cap = the current maximum crop (tokens minus BOS/EOS). It widens linearly from --cap-start (256)
-to --cap-end (1000) over the first --widen-steps (1500) steps, then stays at --cap-end, so
-offsets widen gradually while the easy task is rehearsed throughout.
+to --cap-end (1000) over the first --widen-steps (2000) steps, then stays at --cap-end.
+copy_len = the current longest copy unit / offset scale of the synthetic copy tasks; it grows
+geometrically from --copy-len-start (24, the offsets v1 copies at) to --copy-len-end (500) over
+--copy-len-steps (2500) steps, so offsets widen gradually while short ones are rehearsed.
+(Two earlier runs with all offsets up to cap/2 from the start, 300-500 steps each, lost v1's
+short-range copying without gaining any at longer range; they were stopped and restarted with
+this curriculum. Their logs are kept next to the run.)
 
 Optimisation: AdamW (betas 0.9/0.98, wd 0.01), 15% BERT masking (80/10/10) over real residues,
 batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by length, cut, shuffled),
@@ -92,21 +99,24 @@ def parse_args():
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--decay-steps", type=int, default=1200,
                    help="cosine decay to --min-lr-frac x --lr over the LAST this many steps (constant before)")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-tokens", type=int, default=8192, help="padded tokens per batch")
+    p.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--cap-start", type=int, default=256)
     p.add_argument("--cap-end", type=int, default=1000)
-    p.add_argument("--widen-steps", type=int, default=1500)
+    p.add_argument("--widen-steps", type=int, default=2000)
+    p.add_argument("--copy-len-start", type=int, default=24)
+    p.add_argument("--copy-len-end", type=int, default=500)
+    p.add_argument("--copy-len-steps", type=int, default=2500)
     p.add_argument("--p-easy", type=float, default=0.15)
-    p.add_argument("--p-randdbl", type=float, default=0.15)
-    p.add_argument("--p-gap", type=float, default=0.10)
+    p.add_argument("--p-randdbl", type=float, default=0.30)
+    p.add_argument("--p-gap", type=float, default=0.05)
     p.add_argument("--p-doubled", type=float, default=0.20)
-    p.add_argument("--p-insert", type=float, default=0.15)
+    p.add_argument("--p-insert", type=float, default=0.10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
@@ -123,6 +133,7 @@ class Maker:
         self.comp = comp
         self.aa = np.array(list(AA20))
         self.rng = rng
+        self.copy_len = 24
 
     def rand_res(self, n, uniform=True):
         if n <= 0:
@@ -167,8 +178,12 @@ class Maker:
         seg = self.rand_res(L)
         return self.rand_res(int(self.rng.integers(0, 11))) + seg + seg + self.rand_res(int(self.rng.integers(0, 11)))
 
+    def loguniform_len(self, lo, hi):
+        hi = max(lo, hi)
+        return int(round(math.exp(self.rng.uniform(math.log(lo), math.log(hi + 0.5)))))
+
     def randdbl(self, cap):
-        L = int(self.rng.integers(8, cap // 2 + 1))
+        L = min(self.loguniform_len(8, self.copy_len), cap // 2)
         x = self.rand_res(L)
         if self.rng.random() < 0.3 and cap - 2 * L > 0:
             return x + self.window(int(self.rng.integers(1, cap - 2 * L + 1))) + x
@@ -178,14 +193,14 @@ class Maker:
         L = int(self.rng.integers(8, 65))
         seg = self.rand_res(L)
         seg2 = seg if self.rng.random() < 0.7 else self.mutate(seg, self.rng.uniform(0.7, 0.95))
-        g = int(self.rng.integers(0, max(1, cap - 2 * L) + 1))
+        g = int(self.rng.integers(0, max(1, min(self.copy_len, cap - 2 * L)) + 1))
         rest = max(0, cap - 2 * L - g)
         lf = int(self.rng.integers(0, min(rest, 40) + 1))
         rf = int(self.rng.integers(0, min(rest - lf, 40) + 1))
         return self.window(lf) + seg + self.window(g) + seg2 + self.window(rf)
 
     def doubled(self, cap):
-        x = self.crop(self.protein(20), cap // 2)
+        x = self.crop(self.protein(20), min(cap // 2, max(64, self.copy_len)))
         x2 = x if self.rng.random() < 0.6 else self.mutate(x, self.rng.uniform(0.5, 0.95))
         if self.rng.random() < 0.3 and cap - 2 * len(x) > 0:
             return x + self.window(int(self.rng.integers(1, cap - 2 * len(x) + 1))) + x2
@@ -353,6 +368,8 @@ def main():
           f"decay over steps {args.steps - args.decay_steps}-{args.steps}", flush=True)
     while step < args.steps:
         cap = int(args.cap_start + (args.cap_end - args.cap_start) * min(1.0, step / args.widen_steps))
+        maker.copy_len = int(args.copy_len_start * (args.copy_len_end / args.copy_len_start)
+                             ** min(1.0, step / args.copy_len_steps))
         if not pool:
             pool = make_pool(maker, cap, probs, args.max_tokens, rng)
         batch = pool.pop()
@@ -395,6 +412,7 @@ def main():
             ls = " ".join(f"{KINDS[k]}={acc_loss[k] / acc_n[k]:.3f}" if acc_n[k] else f"{KINDS[k]}=-"
                           for k in range(len(KINDS)))
             print(f"step {step} active {active_s / 60:6.1f} min wall {wall_s / 60:6.1f} min cap {cap} "
+                  f"copy_len {maker.copy_len} "
                   f"lr {lr:.2e} loss {ls}", flush=True)
             acc_loss[:] = 0
             acc_n[:] = 0
