@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from distributed.client import FutureCancelledError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -23,6 +24,10 @@ from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummar
                               prepare_run, process_shard)
 
 SHARD_RETRIES = 2
+
+
+class ClusterLostError(RuntimeError):
+    """The Dask cluster went away under the flow (its scheduler died or became unreachable)."""
 
 # The models this worker process holds: tasks of the same run share one; a new checkpoint replaces it.
 WORKER_MODELS = ScorerCache(capacity=1)
@@ -124,7 +129,15 @@ def screen_proteome(
                for i in plan.shards if i not in pending]
     shard_of = {f.task_run_id: i for f, i in zip(futures, pending)}
     for future in as_completed(futures):
-        outcome = future.result(raise_on_failure=False)
+        try:
+            outcome = future.result(raise_on_failure=False)
+        except FutureCancelledError as exc:
+            # Dask cancels every future when the client loses its scheduler: no shard can finish.
+            raise ClusterLostError(
+                f"lost the Dask scheduler after {done_before + len(manifests)} of {len(plan.shards)} shards of run "
+                f"{plan.run_id} were done ({str(exc).splitlines()[0]}). Finished shards are saved in the catalog; "
+                f"rerun the same command against a live scheduler to resume."
+            ) from None
         if isinstance(outcome, ShardManifest):
             manifest = outcome
             manifests.append(manifest)

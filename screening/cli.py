@@ -1,7 +1,8 @@
 """The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit.
 
 Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option or
-catalog); 4 some shards failed (the others are written; a rerun retries them); 1 anything unexpected.
+catalog); 4 some shards failed (the others are written; a rerun retries them); 5 the Dask cluster
+was lost (finished shards are kept; a rerun resumes); 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -160,8 +161,10 @@ def _prefect_api():
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            _flush_api_logs()
+            try:
+                yield server.api_url
+            finally:  # a failed flow's log records too, or they are retried after the server stops
+                _flush_api_logs()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
@@ -246,7 +249,7 @@ def screen(
 
     if not in_process:
         _quiet_orchestration_logs()
-        from flows.screen import screen_proteome
+        from flows.screen import ClusterLostError, screen_proteome
 
         try:
             with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress):
@@ -259,6 +262,8 @@ def screen(
                 )
         except CatalogError as exc:
             _fail(str(exc), 2)
+        except ClusterLostError as exc:
+            _fail(str(exc), 5)
         _print_summary(summary)
         if summary["failed_shards"]:
             raise typer.Exit(4)

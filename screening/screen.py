@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -40,6 +41,7 @@ from screening.scoring import Scorer, ScoringOptions, SequenceScores
 
 
 TABLES = ("residues", "sequences", "repeats")
+WORKER_LOG = logging.getLogger("plmscreen.worker")
 
 
 MODES = ("exact", "triage")
@@ -432,6 +434,9 @@ class ScorerCache:
             loaded = load_model(settings.model, settings.weights_dir, settings.device,
                                 expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
             scorer = Scorer(loaded, settings.scoring)
+            # One line per load: an operator (and the cluster tests) can see each worker loads once.
+            WORKER_LOG.info("worker %s loaded %s (sha256 %s, verified) on %s", this_worker(), loaded.name,
+                            loaded.checkpoint_sha256, loaded.device)
         self._scorers[key] = scorer  # most recently used last
         return scorer
 
