@@ -232,5 +232,4 @@ def register(app: typer.Typer) -> None:
         where = f"{len(deleted.paths)} directories" + (", catalog rows" if deleted.catalog_rows else "")
         typer.echo(f"Deleted run {run}: {where}.")
         if not deleted.views_refreshed:
-            typer.echo(f"note: {st.DATABASE_NAME} is open in another process; the next plmscreen query refreshes its views",
-                       err=True)
+            typer.echo(f"note: {st.DATABASE_NAME} could not be rewritten; the next plmscreen query retries", err=True)

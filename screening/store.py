@@ -27,9 +27,10 @@ From the command line (read-only, a single SELECT per call)::
     plmscreen query STORE --list            # the named queries and their parameters
     plmscreen flagged STORE --run <run-id>  # short for --name flagged
 
-With the ``duckdb`` CLI or from Python (open read-only so a running screen is never blocked; the
-views refer to the store by absolute path, so run any ``plmscreen query`` once after moving or
-copying a store to refresh them)::
+With the ``duckdb`` CLI or from Python, read-only (the views refer to the store by absolute path,
+so run any ``plmscreen query`` once after moving or copying a store to refresh them; plmscreen
+replaces the file by renaming a new one over it, so open connections keep the views they started
+with, and see new runs at once)::
 
     duckdb -readonly STORE/plmscreen.duckdb "SELECT * FROM flagged ORDER BY inflation_factor DESC"
 
@@ -51,6 +52,8 @@ Guarantees
 * Queries through ``plmscreen`` (:func:`open_store`, :func:`query`) run on a read-only connection
   that refuses anything but one SELECT statement, cannot read files outside the store's data
   directories, cannot install or load extensions, attach databases or change settings.
+* Queries run on a private connection (its own views file in the temp directory): other
+  processes holding ``STORE/plmscreen.duckdb`` never block or stale them.
 * :func:`delete_run` removes a run's partitions and ``runs/<run>`` (and, given a catalog, its
   catalog rows); the run disappears from queries at once.
 """
@@ -66,7 +69,7 @@ import os
 import re
 import shutil
 import sys
-import time
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -276,18 +279,18 @@ def _fingerprint_of(con: duckdb.DuckDBPyConnection) -> str | None:
         return None
 
 
-def _open_if_current(db: Path, fingerprint: str) -> duckdb.DuckDBPyConnection | None:
-    """A read-only connection to ``db`` if its views carry ``fingerprint``, else None."""
+def _published_fingerprint(db: Path) -> str | None:
+    """The fingerprint of the views in ``db``; None if it is missing, unreadable or cannot be opened."""
     if not db.exists():
         return None
     try:
         con = duckdb.connect(str(db), read_only=True, config=_CONFIG)
     except duckdb.Error:
-        return None
-    if _fingerprint_of(con) == fingerprint:
-        return con
-    con.close()
-    return None
+        return None  # damaged, another storage version, or open here with another configuration
+    try:
+        return _fingerprint_of(con)
+    finally:
+        con.close()
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, statements: list[tuple[str, str]]) -> None:
@@ -298,50 +301,48 @@ def _create_views(con: duckdb.DuckDBPyConnection, statements: list[tuple[str, st
             raise StoreError(f"view {name}: {_first_line(exc)}") from None
 
 
-def refresh_views(store: str | Path, force: bool = False, wait_s: float = 10.0) -> Path:
-    """Create or update ``STORE/plmscreen.duckdb`` so its views match the store; returns its path.
+def _write_views_database(path: Path, statements: list[tuple[str, str]], fingerprint: str, root: Path) -> None:
+    """A new DuckDB file at ``path`` holding the views and their fingerprint (nothing else)."""
+    try:
+        con = duckdb.connect(str(path), config=_CONFIG)
+        try:
+            _create_views(con, statements)
+            con.execute(f"CREATE TABLE {_INFO_TABLE} (fingerprint VARCHAR, store VARCHAR, updated_utc TIMESTAMPTZ)")
+            con.execute(f"INSERT INTO {_INFO_TABLE} VALUES (?, ?, now())", [fingerprint, str(root)])
+        finally:
+            con.close()  # checkpoints: everything is in the file itself, no WAL
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot write the views to {path}: {_first_line(exc)}") from None
 
+
+def refresh_views(store: str | Path, force: bool = False) -> Path:
+    """Publish ``STORE/plmscreen.duckdb`` with views that match the store; returns its path.
+
+    The file is for other DuckDB clients (plmscreen's own queries use a private copy of the views).
     Cheap when nothing changed (one read-only open). Call it after writing or deleting runs
     (``run_screen`` does): a view over a table that had no file yet is a placeholder until then.
-    DuckDB allows one writer per file: if another process holds it, this retries for ``wait_s``
-    seconds, then raises a StoreError. The file holds nothing but the views and a fingerprint of
-    them: an unreadable one (another DuckDB storage version, damage) is deleted and rebuilt."""
+    A new file is written under a temporary name and renamed over the old one, so readers that
+    hold the old file open never block this (DuckDB allows no writer while a reader holds a
+    file) and keep their connection; new connections get the new views. The file holds nothing
+    but the views and a fingerprint of them: an unreadable one is simply replaced."""
     root = _store_dir(store)
     db = root / DATABASE_NAME
     statements, fingerprint = _view_statements(root)
-    deadline = time.monotonic() + wait_s
-    rebuilt = False
-    while True:
-        if not force:
-            current = _open_if_current(db, fingerprint)
-            if current is not None:
-                current.close()
-                return db
-        try:
-            con = duckdb.connect(str(db))
-        except duckdb.Error as exc:
-            if "lock" in str(exc).lower():
-                if time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-                raise StoreError(f"cannot update {db}: another process has it open for writing "
-                                 f"(open it with duckdb -readonly); {_first_line(exc)}") from None
-            if db.exists() and not rebuilt:
-                # Unreadable (other DuckDB storage version, damaged): it only holds views, rebuild it.
-                rebuilt = True
-                for path in (db, db.with_name(db.name + ".wal")):
-                    path.unlink(missing_ok=True)
-                continue
-            raise StoreError(f"cannot update {db}: {_first_line(exc)}") from None
-        try:
-            con.execute("BEGIN TRANSACTION")
-            _create_views(con, statements)
-            con.execute(f"CREATE OR REPLACE TABLE {_INFO_TABLE} (fingerprint VARCHAR, store VARCHAR, updated_utc TIMESTAMPTZ)")
-            con.execute(f"INSERT INTO {_INFO_TABLE} VALUES (?, ?, now())", [fingerprint, str(root)])
-            con.execute("COMMIT")
-        finally:
-            con.close()
+    if not force and _published_fingerprint(db) == fingerprint:
         return db
+    # Outside every view's glob; unique per writer, so concurrent refreshes never share a file.
+    tmp = root / f".{DATABASE_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        _write_views_database(tmp, statements, fingerprint, root)
+        # A WAL next to the old file (left by a writer that crashed) would be replayed onto the new one.
+        db.with_name(db.name + ".wal").unlink(missing_ok=True)
+        os.replace(tmp, db)
+    except OSError as exc:
+        raise StoreError(f"cannot update {db}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+    return db
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,12 +532,15 @@ def bind_params(named: NamedQuery, values: Mapping[str, Any]) -> dict[str, Any]:
 class Store:
     """A guarded, read-only DuckDB connection to a store's views. Use :func:`open_store`."""
 
-    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection):
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, private_dir: Path | None = None):
         self.root = root
         self._con = con
+        self._private_dir = private_dir  # the private views file: removed on close
 
     def close(self) -> None:
         self._con.close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
 
     def __enter__(self) -> Store:
         return self
@@ -575,40 +579,46 @@ def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
 
 
 def open_store(store: str | Path, check_versions: bool = True) -> Store:
-    """Refresh the views if needed, check schema versions and open the guarded read-only connection.
+    """Open the store's views on a private read-only connection, checked and guarded.
 
-    Defence in depth: the database file is opened ``read_only``; after the views are in place
-    DuckDB's external access is switched off except for the store's data directories
-    (``allowed_directories``), extension auto-install/auto-load is off, and the configuration is
-    locked; every user statement is also validated (:func:`validate_sql`). If the store directory
-    is not writable and the database file is missing or stale, the views are built in memory
-    instead (same guard)."""
+    The views come from the same ``.sql`` files as ``STORE/plmscreen.duckdb`` but are written to
+    a private DuckDB file in a new directory under the system temp directory, which this Store alone opens and removes on close: no other process holding the
+    store's file (readers, even a writer) can block or stale a query, and the store's directory
+    may be read-only. ``STORE/plmscreen.duckdb`` is republished (:func:`refresh_views`) for other
+    DuckDB clients when it is out of date and the store is writable.
+
+    Defence in depth: the connection is ``read_only``; DuckDB's external access is switched off
+    except for the store's data directories (``allowed_directories``), extension
+    auto-install/auto-load is off, and the configuration is locked; every
+    user statement is also validated (:func:`validate_sql`)."""
     root = _store_dir(store)
-    statements, fingerprint = _view_statements(root)
-    db = root / DATABASE_NAME
-    con = _open_if_current(db, fingerprint)
-    if con is None:
+    if os.access(root, os.W_OK):
         try:
             refresh_views(root)
-            con = duckdb.connect(str(db), read_only=True, config=_CONFIG)
-        except StoreError:
-            if os.access(root, os.W_OK) and (not db.exists() or os.access(db, os.W_OK)):
-                raise
-            con = duckdb.connect(":memory:", config=_CONFIG)
-            _create_views(con, statements)
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot open {db}: {_first_line(exc)}") from None
+        except StoreError as exc:  # the file is for other clients; this query does not need it
+            print(f"plmscreen: warning: {exc}", file=sys.stderr)
+    statements, fingerprint = _view_statements(root)
     try:
+        private_dir = Path(tempfile.mkdtemp(prefix="plmscreen-query-"))
+    except OSError as exc:
+        raise StoreError(f"cannot create a working directory for the query in {tempfile.gettempdir()}: "
+                         f"{exc.strerror or exc}; point TMPDIR to a writable directory") from None
+    con = None
+    try:
+        views_db = private_dir / "views.duckdb"
+        _write_views_database(views_db, statements, fingerprint, root)
+        con = duckdb.connect(str(views_db), read_only=True, config=_CONFIG)
         if check_versions:
             check_schema_versions(root, con=con)
         _lock_down(con, root)
-    except SchemaVersionError:
-        con.close()
-        raise
-    except duckdb.Error as exc:
-        con.close()
-        raise StoreError(f"cannot secure the query connection: {_first_line(exc)}") from None
-    return Store(root, con)
+    except (StoreError, duckdb.Error) as exc:
+        if con is not None:
+            con.close()
+        shutil.rmtree(private_dir, ignore_errors=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"cannot set up the query connection: {_first_line(exc)}") from None
+    return Store(root, con, private_dir)
 
 
 def query(store: str | Path, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
@@ -736,7 +746,7 @@ class DeletedRun:
     run_id: str
     paths: list[Path]  # where the removed directories were
     catalog_rows: bool  # the catalog had the run (and no longer has it)
-    views_refreshed: bool = True  # False: plmscreen.duckdb was busy; the next query refreshes it
+    views_refreshed: bool = True  # False: plmscreen.duckdb could not be rewritten; the next query retries
 
 
 def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
@@ -770,7 +780,7 @@ def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
     refreshed = True
     if (root / DATABASE_NAME).exists():
         try:
-            refresh_views(root, wait_s=2.0)  # a table may have no file left: its view becomes the placeholder
+            refresh_views(root)  # a table may have no file left: its view becomes the placeholder
         except StoreError:
             refreshed = False
     return DeletedRun(run_id, targets, catalog_rows, refreshed)
