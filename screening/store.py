@@ -54,6 +54,8 @@ Guarantees
   directories, cannot install or load extensions, attach databases or change settings.
 * Queries run on a private connection (its own views file in the temp directory): other
   processes holding ``STORE/plmscreen.duckdb`` never block or stale them.
+* Every query runs under :class:`QueryLimits` (memory, spill disk, time); one that reaches a
+  limit raises :class:`QueryLimitExceeded` naming it, and leaves the store as it was.
 * :func:`delete_run` removes a run's partitions and ``runs/<run>`` (and, given a catalog, its
   catalog rows); the run disappears from queries at once.
 """
@@ -70,6 +72,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +93,9 @@ __all__ = [
     "SchemaVersionError",
     "QueryRefused",
     "QueryError",
+    "QueryLimitExceeded",
+    "QueryLimits",
+    "default_memory_limit",
     "NamedQuery",
     "QueryParam",
     "Store",
@@ -529,13 +535,102 @@ def bind_params(named: NamedQuery, values: Mapping[str, Any]) -> dict[str, Any]:
 # Connections
 
 
+# Limits on every query (``plmscreen query --memory-limit/--spill-limit/--timeout`` or these variables).
+MEMORY_LIMIT_ENV = "PLMSCREEN_QUERY_MEMORY_LIMIT"
+SPILL_LIMIT_ENV = "PLMSCREEN_QUERY_SPILL_LIMIT"
+TIMEOUT_ENV = "PLMSCREEN_QUERY_TIMEOUT"
+DEFAULT_SPILL_LIMIT = "10GB"
+DEFAULT_TIMEOUT_S = 300.0
+_MEMORY_CAP = 4 * 1000**3  # the default memory limit is 4GB, or half the machine's memory if that is less
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*", re.I)
+_SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+               "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+_BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams in
+
+
+def _size_bytes(text: str, what: str) -> int:
+    """Bytes in a size such as ``4GB``, ``512MiB`` (DuckDB's units: KB = 1000, KiB = 1024)."""
+    match = _SIZE.fullmatch(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise StoreError(f"{what} {text!r} is not a size: give a positive number and a unit, e.g. 4GB or 512MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def default_memory_limit() -> str:
+    """4GB, or half the machine's physical memory if that is less."""
+    try:
+        half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        half = _MEMORY_CAP
+    return "4GB" if half >= _MEMORY_CAP else f"{half // 1024**2}MiB"
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one query may use. ``memory``: DuckDB's working memory and also the largest result a
+    query may return; ``spill``: disk DuckDB may use in the system temp directory (``TMPDIR``)
+    when working memory runs out; ``timeout_s``: wall-clock seconds per query (0: no limit)."""
+
+    memory: str = ""  # empty: default_memory_limit()
+    spill: str = DEFAULT_SPILL_LIMIT
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.memory:
+            object.__setattr__(self, "memory", default_memory_limit())
+        _size_bytes(self.memory, "memory limit")
+        _size_bytes(self.spill, "spill limit")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s >= 0):
+            raise StoreError(f"time limit {self.timeout_s!r} is not a number of seconds ≥ 0 (0: no limit)")
+
+    @property
+    def memory_bytes(self) -> int:
+        return _size_bytes(self.memory, "memory limit")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> QueryLimits:
+        """Defaults, then the PLMSCREEN_QUERY_* variables, then ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        if environ.get(MEMORY_LIMIT_ENV):
+            values["memory"] = environ[MEMORY_LIMIT_ENV]
+        if environ.get(SPILL_LIMIT_ENV):
+            values["spill"] = environ[SPILL_LIMIT_ENV]
+        if environ.get(TIMEOUT_ENV):
+            try:
+                values["timeout_s"] = float(environ[TIMEOUT_ENV])
+            except ValueError:
+                raise StoreError(f"{TIMEOUT_ENV}={environ[TIMEOUT_ENV]!r} is not a number of seconds (0: no limit)") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class QueryLimitExceeded(QueryError):
+    """A query was stopped by a limit of :class:`QueryLimits`; the message names it and how to raise it."""
+
+
+def _time_limit_error(limits: QueryLimits) -> QueryLimitExceeded:
+    return QueryLimitExceeded(f"query stopped by the time limit of {limits.timeout_s:g} s; raise it with "
+                              f"--timeout SECONDS or {TIMEOUT_ENV} (0: no limit), or narrow the query")
+
+
+def _memory_limit_error(limits: QueryLimits, message: str) -> QueryLimitExceeded:
+    if "max_temp_directory_size" in message:
+        return QueryLimitExceeded(f"query stopped: it needs more than the memory limit of {limits.memory} plus the "
+                                  f"spill limit of {limits.spill} on disk; raise them with --memory-limit SIZE "
+                                  f"({MEMORY_LIMIT_ENV}) or --spill-limit SIZE ({SPILL_LIMIT_ENV}), or narrow the query")
+    return QueryLimitExceeded(f"query stopped by the memory limit of {limits.memory}; raise it with --memory-limit SIZE "
+                              f"or {MEMORY_LIMIT_ENV}, or narrow the query")
+
+
 class Store:
     """A guarded, read-only DuckDB connection to a store's views. Use :func:`open_store`."""
 
-    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, private_dir: Path | None = None):
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, limits: QueryLimits | None = None,
+                 private_dir: Path | None = None):
         self.root = root
+        self.limits = limits or QueryLimits()
         self._con = con
-        self._private_dir = private_dir  # the private views file: removed on close
+        self._private_dir = private_dir  # the private views file and spill space: removed on close
 
     def close(self) -> None:
         self._con.close()
@@ -561,13 +656,55 @@ class Store:
         return self._run(validate_sql(named.sql), bind_params(named, params))
 
     def _run(self, sql: str, params: Mapping[str, Any] | None) -> pa.Table:
+        """The rows, streamed in as Arrow batches under the limits: DuckDB's memory limit does not
+        cover a result once it is Arrow, so the result's own size is held to the memory limit too;
+        the time limit interrupts the connection from a timer thread."""
+        limits = self.limits
+        guard = threading.Lock()
+        state = {"finished": False, "timed_out": False}
+
+        def stop() -> None:
+            with guard:  # never interrupt a later query on this connection
+                if not state["finished"]:
+                    state["timed_out"] = True
+                    self._con.interrupt()
+
+        timer = threading.Timer(limits.timeout_s, stop) if limits.timeout_s > 0 else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        reader = None
         try:
             relation = self._con.sql(sql, params=dict(params) if params else None)
             if relation is None:
                 raise QueryRefused("the statement returned no rows: only SELECT queries are allowed")
-            return relation.to_arrow_table()
-        except duckdb.Error as exc:
-            raise _explain_duckdb_error(exc) from None
+            reader = relation.to_arrow_reader(_BATCH_ROWS)
+            batches, size, cap = [], 0, limits.memory_bytes
+            for batch in reader:
+                size += batch.nbytes
+                if size > cap:
+                    raise QueryLimitExceeded(
+                        f"query stopped: its result is larger than the memory limit of {limits.memory}; add LIMIT or "
+                        f"aggregate, or raise the limit with --memory-limit SIZE or {MEMORY_LIMIT_ENV}")
+                batches.append(batch)
+            return pa.Table.from_batches(batches, schema=reader.schema)
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            # Errors raised while the result streams in arrive as Arrow/OS errors with DuckDB's text.
+            message = _first_line(exc)
+            if state["timed_out"]:
+                raise _time_limit_error(limits) from None
+            if isinstance(exc, duckdb.OutOfMemoryException) or message.startswith("Out of Memory Error"):
+                raise _memory_limit_error(limits, str(exc)) from None
+            if isinstance(exc, duckdb.Error):
+                raise _explain_duckdb_error(exc) from None
+            raise QueryError(message) from None
+        finally:
+            with guard:
+                state["finished"] = True
+            if timer is not None:
+                timer.cancel()
+            if reader is not None:
+                reader.close()  # a result stopped half-way must not hold the connection
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
@@ -578,20 +715,32 @@ def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def open_store(store: str | Path, check_versions: bool = True) -> Store:
-    """Open the store's views on a private read-only connection, checked and guarded.
+def _apply_limits(con: duckdb.DuckDBPyConnection, limits: QueryLimits, spill_dir: Path) -> None:
+    """Set DuckDB's memory and spill limits on ``con``. DuckDB creates ``spill_dir`` when it first spills."""
+    # The sizes passed _size_bytes: digits and a unit only, safe inside the quotes.
+    con.execute(f"SET memory_limit = '{limits.memory.strip()}'")
+    con.execute(f"SET max_temp_directory_size = '{limits.spill.strip()}'")
+    con.execute(f"SET temp_directory = '{_sql_literal_path(spill_dir)}'")
+    con.execute("SET parquet_metadata_cache = true")  # the views and the version check read the same footers
+
+
+def open_store(store: str | Path, check_versions: bool = True, limits: QueryLimits | None = None) -> Store:
+    """Open the store's views on a private read-only connection with limits, checked and guarded.
 
     The views come from the same ``.sql`` files as ``STORE/plmscreen.duckdb`` but are written to
-    a private DuckDB file in a new directory under the system temp directory, which this Store alone opens and removes on close: no other process holding the
+    a private DuckDB file in a new directory under the system temp directory (with the spill
+    space), which this Store alone opens and removes on close: no other process holding the
     store's file (readers, even a writer) can block or stale a query, and the store's directory
     may be read-only. ``STORE/plmscreen.duckdb`` is republished (:func:`refresh_views`) for other
-    DuckDB clients when it is out of date and the store is writable.
+    DuckDB clients when it is out of date and the store is writable. ``limits`` default to
+    :meth:`QueryLimits.from_env`.
 
     Defence in depth: the connection is ``read_only``; DuckDB's external access is switched off
     except for the store's data directories (``allowed_directories``), extension
-    auto-install/auto-load is off, and the configuration is locked; every
+    auto-install/auto-load is off, and the configuration is locked (so the limits hold too); every
     user statement is also validated (:func:`validate_sql`)."""
     root = _store_dir(store)
+    limits = QueryLimits.from_env() if limits is None else limits
     if os.access(root, os.W_OK):
         try:
             refresh_views(root)
@@ -608,6 +757,7 @@ def open_store(store: str | Path, check_versions: bool = True) -> Store:
         views_db = private_dir / "views.duckdb"
         _write_views_database(views_db, statements, fingerprint, root)
         con = duckdb.connect(str(views_db), read_only=True, config=_CONFIG)
+        _apply_limits(con, limits, private_dir / "spill")
         if check_versions:
             check_schema_versions(root, con=con)
         _lock_down(con, root)
@@ -618,22 +768,24 @@ def open_store(store: str | Path, check_versions: bool = True) -> Store:
         if isinstance(exc, StoreError):
             raise
         raise StoreError(f"cannot set up the query connection: {_first_line(exc)}") from None
-    return Store(root, con, private_dir)
+    return Store(root, con, limits, private_dir)
 
 
-def query(store: str | Path, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    """One guarded SELECT on a store; QueryRefused / QueryError / SchemaVersionError on failure."""
+def query(store: str | Path, sql: str, params: Mapping[str, Any] | None = None,
+          limits: QueryLimits | None = None) -> pa.Table:
+    """One guarded SELECT on a store; QueryRefused / QueryError (QueryLimitExceeded) / SchemaVersionError on failure."""
     validate_sql(sql)  # refuse before touching the store
-    with open_store(store) as st:
+    with open_store(store, limits=limits) as st:
         return st.sql(sql, params)
 
 
-def query_named(store: str | Path, name: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+def query_named(store: str | Path, name: str, params: Mapping[str, Any] | None = None,
+                limits: QueryLimits | None = None) -> pa.Table:
     queries = named_queries()
     if name not in queries:
         raise QueryError(f"no named query {name!r}; known: {', '.join(queries)}")
     bind_params(queries[name], params or {})  # parameter errors before touching the store
-    with open_store(store) as st:
+    with open_store(store, limits=limits) as st:
         return st.named(name, **(params or {}))
 
 
