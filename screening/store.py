@@ -678,9 +678,15 @@ class Store:
             relation = self._con.sql(sql, params=dict(params) if params else None)
             if relation is None:
                 raise QueryRefused("the statement returned no rows: only SELECT queries are allowed")
+            # An interrupt that lands between DuckDB's steps (binding done, execution not yet
+            # started) finds no running query and is lost: the flag catches it at the next step.
+            if state["timed_out"]:
+                raise _time_limit_error(limits)
             reader = relation.to_arrow_reader(_BATCH_ROWS)
             batches, size, cap = [], 0, limits.memory_bytes
             for batch in reader:
+                if state["timed_out"]:
+                    raise _time_limit_error(limits)
                 size += batch.nbytes
                 if size > cap:
                     raise QueryLimitExceeded(

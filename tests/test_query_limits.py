@@ -143,3 +143,14 @@ def test_options_beat_the_environment_and_bad_values_are_refused(store):
     ]:
         result = cli("query", store, "SELECT 1", *args, env=env)
         assert result.exit_code == 2 and words in result.stderr, (args, env, result.output)
+
+
+def test_report_and_flagged_run_under_the_same_limits(store, tmp_path):
+    before = snapshot(store)
+    out = tmp_path / "report.html"
+    message = limit_error(cli("report", store, "--out", out, "--memory-limit", "1KB"))
+    assert "memory limit of 1KB" in message and "--memory-limit" in message and MEMORY_ENV in message
+    assert not out.exists()
+    message = limit_error(cli("flagged", store, env={MEMORY_ENV: "1KB"}))
+    assert "memory limit of 1KB" in message
+    assert_store_unharmed(store, before)
