@@ -1,7 +1,7 @@
 """Store commands (query, flagged, report, runs): registered on the main CLI by ``register``.
 
 Exit codes as in ``screening.cli``: 0 success; 2 a refused or failing query, a missing store or
-run, a bad option; 1 anything unexpected.
+run, a bad option; 3 a query stopped by its memory, spill or time limit; 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ CatalogOpt = Annotated[Optional[str], typer.Option(
     help="Catalog URL (postgresql://...); default STORE/catalog.sqlite when it exists.")]
 
 
+MemoryLimitOpt = Annotated[Optional[str], typer.Option(
+    "--memory-limit",
+    help="Memory for each query (DuckDB's working memory, and the largest result it may return), e.g. 8GB. "
+         "Default: 4GB, or half the machine's memory if less; env PLMSCREEN_QUERY_MEMORY_LIMIT.")]
+SpillLimitOpt = Annotated[Optional[str], typer.Option(
+    "--spill-limit",
+    help="Disk each query may spill to (under TMPDIR) once its memory is full, e.g. 50GB. "
+         "Default: 10GB; env PLMSCREEN_QUERY_SPILL_LIMIT.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Seconds each query may run; 0: no limit. Default: 300; env PLMSCREEN_QUERY_TIMEOUT.")]
+LIMIT_EXIT = 3  # a query stopped by a limit: distinct from 2 so scripts can retry with a higher one
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"plmscreen: error: {message}", err=True)
     raise typer.Exit(code)
@@ -43,18 +56,30 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+def _limits(memory: str | None, spill: str | None, timeout: float | None):
+    """The query limits: defaults, then the PLMSCREEN_QUERY_* variables, then these options."""
+    from screening import store as st
+
+    try:
+        return st.QueryLimits.from_env(memory=memory, spill=spill, timeout_s=timeout)
+    except st.StoreError as exc:
+        _fail(str(exc))
+
+
 def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str, str],
-               fmt: OutputFormat, out: Path | None) -> None:
+               fmt: OutputFormat, out: Path | None, limits) -> None:
     from screening import store as st
 
     try:
         if name is not None:
-            table = st.query_named(store, name, params)
+            table = st.query_named(store, name, params, limits=limits)
         else:
-            table = st.query(store, sql)
+            table = st.query(store, sql, limits=limits)
         st.write_result(table, fmt.value, out)
     except st.QueryRefused as exc:
         _fail(f"refused: {exc}")
+    except st.QueryLimitExceeded as exc:
+        _fail(str(exc), LIMIT_EXIT)
     except st.QueryError as exc:
         _fail(f"query failed: {exc}")
     except st.StoreError as exc:
@@ -87,6 +112,9 @@ def register(app: typer.Typer) -> None:
         fmt: FormatOpt = OutputFormat.table,
         out: OutOpt = None,
         list_queries: Annotated[bool, typer.Option("--list", help="List the named queries and their parameters.")] = False,
+        memory_limit: MemoryLimitOpt = None,
+        spill_limit: SpillLimitOpt = None,
+        timeout: TimeoutOpt = None,
     ) -> None:
         """Query a store read-only with SQL (DuckDB dialect) or a named query."""
         from screening import store as st
@@ -102,7 +130,8 @@ def register(app: typer.Typer) -> None:
             _fail("give either SQL or --name NAME (see --list)")
         if param and name is None:
             _fail("--param goes with --name; put values into the SQL itself")
-        _run_query(store, sql, name, _parse_params(param or []), fmt, out)
+        limits = _limits(memory_limit, spill_limit, timeout)
+        _run_query(store, sql, name, _parse_params(param or []), fmt, out, limits)
 
     @app.command("flagged")
     def flagged_cmd(
@@ -110,9 +139,13 @@ def register(app: typer.Typer) -> None:
         run: Annotated[Optional[str], typer.Option("--run", help="Only this run (default: every run).")] = None,
         fmt: FormatOpt = OutputFormat.table,
         out: OutOpt = None,
+        memory_limit: MemoryLimitOpt = None,
+        spill_limit: SpillLimitOpt = None,
+        timeout: TimeoutOpt = None,
     ) -> None:
         """Flagged sequences, most inflated first, with their repeat regions (query --name flagged)."""
-        _run_query(store, None, "flagged", {} if run is None else {"run": run}, fmt, out)
+        limits = _limits(memory_limit, spill_limit, timeout)
+        _run_query(store, None, "flagged", {} if run is None else {"run": run}, fmt, out, limits)
 
     @app.command("report")
     def report_cmd(
@@ -120,13 +153,19 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
         run: Annotated[Optional[str], typer.Option("--run", help="Run to report (default: the most recent).")] = None,
         max_sequences: Annotated[int, typer.Option(help="Per-residue tracks for at most this many flagged sequences.")] = 25,
+        memory_limit: MemoryLimitOpt = None,
+        spill_limit: SpillLimitOpt = None,
+        timeout: TimeoutOpt = None,
     ) -> None:
         """Write a self-contained HTML report: run summary, flagged table, histogram, residue tracks."""
         from screening import store as st
         from screening.report import write_report
 
+        limits = _limits(memory_limit, spill_limit, timeout)
         try:
-            info = write_report(store, out, run=run, max_sequences=max_sequences)
+            info = write_report(store, out, run=run, max_sequences=max_sequences, limits=limits)
+        except st.QueryLimitExceeded as exc:
+            _fail(str(exc), LIMIT_EXIT)
         except st.StoreError as exc:
             _fail(str(exc))
         except OSError as exc:
@@ -232,5 +271,4 @@ def register(app: typer.Typer) -> None:
         where = f"{len(deleted.paths)} directories" + (", catalog rows" if deleted.catalog_rows else "")
         typer.echo(f"Deleted run {run}: {where}.")
         if not deleted.views_refreshed:
-            typer.echo(f"note: {st.DATABASE_NAME} is open in another process; the next plmscreen query refreshes its views",
-                       err=True)
+            typer.echo(f"note: {st.DATABASE_NAME} could not be rewritten; the next plmscreen query retries", err=True)

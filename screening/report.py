@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import screening
-from screening.store import StoreError, open_store
+from screening.store import QueryLimits, StoreError, open_store
 
 _REGION_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf"]
@@ -158,9 +158,11 @@ def _table(rows: list[dict], columns: list[tuple[str, str]], anchors: dict[str, 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def build_report(store: str | Path, run: str | None = None, max_sequences: int = 25) -> tuple[str, dict]:
-    """The report's HTML and a small summary (run, n_sequences, n_flagged, n_tracks)."""
-    with open_store(store) as st:
+def build_report(store: str | Path, run: str | None = None, max_sequences: int = 25,
+                 limits: QueryLimits | None = None) -> tuple[str, dict]:
+    """The report's HTML and a small summary (run, n_sequences, n_flagged, n_tracks); ``limits``
+    apply to each of its queries (default: :meth:`QueryLimits.from_env`)."""
+    with open_store(store, limits=limits) as st:
         runs = st.named("run_summary").to_pylist()
         if not runs:
             raise StoreError(f"{store}: no runs to report on (the store holds no sequences)")
@@ -242,9 +244,10 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
     return "".join(parts), summary
 
 
-def write_report(store: str | Path, out: str | Path, run: str | None = None, max_sequences: int = 25) -> dict:
+def write_report(store: str | Path, out: str | Path, run: str | None = None, max_sequences: int = 25,
+                 limits: QueryLimits | None = None) -> dict:
     """Write the report of ``run`` (default: the most recent) to ``out``; returns its summary."""
-    page, summary = build_report(store, run, max_sequences)
+    page, summary = build_report(store, run, max_sequences, limits)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -27,9 +27,10 @@ From the command line (read-only, a single SELECT per call)::
     plmscreen query STORE --list            # the named queries and their parameters
     plmscreen flagged STORE --run <run-id>  # short for --name flagged
 
-With the ``duckdb`` CLI or from Python (open read-only so a running screen is never blocked; the
-views refer to the store by absolute path, so run any ``plmscreen query`` once after moving or
-copying a store to refresh them)::
+With the ``duckdb`` CLI or from Python, read-only (the views refer to the store by absolute path,
+so run any ``plmscreen query`` once after moving or copying a store to refresh them; plmscreen
+replaces the file by renaming a new one over it, so open connections keep the views they started
+with, and see new runs at once)::
 
     duckdb -readonly STORE/plmscreen.duckdb "SELECT * FROM flagged ORDER BY inflation_factor DESC"
 
@@ -51,6 +52,10 @@ Guarantees
 * Queries through ``plmscreen`` (:func:`open_store`, :func:`query`) run on a read-only connection
   that refuses anything but one SELECT statement, cannot read files outside the store's data
   directories, cannot install or load extensions, attach databases or change settings.
+* Queries run on a private connection (its own views file in the temp directory): other
+  processes holding ``STORE/plmscreen.duckdb`` never block or stale them.
+* Every query runs under :class:`QueryLimits` (memory, spill disk, time); one that reaches a
+  limit raises :class:`QueryLimitExceeded` naming it, and leaves the store as it was.
 * :func:`delete_run` removes a run's partitions and ``runs/<run>`` (and, given a catalog, its
   catalog rows); the run disappears from queries at once.
 """
@@ -66,7 +71,8 @@ import os
 import re
 import shutil
 import sys
-import time
+import tempfile
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,6 +93,9 @@ __all__ = [
     "SchemaVersionError",
     "QueryRefused",
     "QueryError",
+    "QueryLimitExceeded",
+    "QueryLimits",
+    "default_memory_limit",
     "NamedQuery",
     "QueryParam",
     "Store",
@@ -276,18 +285,18 @@ def _fingerprint_of(con: duckdb.DuckDBPyConnection) -> str | None:
         return None
 
 
-def _open_if_current(db: Path, fingerprint: str) -> duckdb.DuckDBPyConnection | None:
-    """A read-only connection to ``db`` if its views carry ``fingerprint``, else None."""
+def _published_fingerprint(db: Path) -> str | None:
+    """The fingerprint of the views in ``db``; None if it is missing, unreadable or cannot be opened."""
     if not db.exists():
         return None
     try:
         con = duckdb.connect(str(db), read_only=True, config=_CONFIG)
     except duckdb.Error:
-        return None
-    if _fingerprint_of(con) == fingerprint:
-        return con
-    con.close()
-    return None
+        return None  # damaged, another storage version, or open here with another configuration
+    try:
+        return _fingerprint_of(con)
+    finally:
+        con.close()
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, statements: list[tuple[str, str]]) -> None:
@@ -298,50 +307,48 @@ def _create_views(con: duckdb.DuckDBPyConnection, statements: list[tuple[str, st
             raise StoreError(f"view {name}: {_first_line(exc)}") from None
 
 
-def refresh_views(store: str | Path, force: bool = False, wait_s: float = 10.0) -> Path:
-    """Create or update ``STORE/plmscreen.duckdb`` so its views match the store; returns its path.
+def _write_views_database(path: Path, statements: list[tuple[str, str]], fingerprint: str, root: Path) -> None:
+    """A new DuckDB file at ``path`` holding the views and their fingerprint (nothing else)."""
+    try:
+        con = duckdb.connect(str(path), config=_CONFIG)
+        try:
+            _create_views(con, statements)
+            con.execute(f"CREATE TABLE {_INFO_TABLE} (fingerprint VARCHAR, store VARCHAR, updated_utc TIMESTAMPTZ)")
+            con.execute(f"INSERT INTO {_INFO_TABLE} VALUES (?, ?, now())", [fingerprint, str(root)])
+        finally:
+            con.close()  # checkpoints: everything is in the file itself, no WAL
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot write the views to {path}: {_first_line(exc)}") from None
 
+
+def refresh_views(store: str | Path, force: bool = False) -> Path:
+    """Publish ``STORE/plmscreen.duckdb`` with views that match the store; returns its path.
+
+    The file is for other DuckDB clients (plmscreen's own queries use a private copy of the views).
     Cheap when nothing changed (one read-only open). Call it after writing or deleting runs
     (``run_screen`` does): a view over a table that had no file yet is a placeholder until then.
-    DuckDB allows one writer per file: if another process holds it, this retries for ``wait_s``
-    seconds, then raises a StoreError. The file holds nothing but the views and a fingerprint of
-    them: an unreadable one (another DuckDB storage version, damage) is deleted and rebuilt."""
+    A new file is written under a temporary name and renamed over the old one, so readers that
+    hold the old file open never block this (DuckDB allows no writer while a reader holds a
+    file) and keep their connection; new connections get the new views. The file holds nothing
+    but the views and a fingerprint of them: an unreadable one is simply replaced."""
     root = _store_dir(store)
     db = root / DATABASE_NAME
     statements, fingerprint = _view_statements(root)
-    deadline = time.monotonic() + wait_s
-    rebuilt = False
-    while True:
-        if not force:
-            current = _open_if_current(db, fingerprint)
-            if current is not None:
-                current.close()
-                return db
-        try:
-            con = duckdb.connect(str(db))
-        except duckdb.Error as exc:
-            if "lock" in str(exc).lower():
-                if time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    continue
-                raise StoreError(f"cannot update {db}: another process has it open for writing "
-                                 f"(open it with duckdb -readonly); {_first_line(exc)}") from None
-            if db.exists() and not rebuilt:
-                # Unreadable (other DuckDB storage version, damaged): it only holds views, rebuild it.
-                rebuilt = True
-                for path in (db, db.with_name(db.name + ".wal")):
-                    path.unlink(missing_ok=True)
-                continue
-            raise StoreError(f"cannot update {db}: {_first_line(exc)}") from None
-        try:
-            con.execute("BEGIN TRANSACTION")
-            _create_views(con, statements)
-            con.execute(f"CREATE OR REPLACE TABLE {_INFO_TABLE} (fingerprint VARCHAR, store VARCHAR, updated_utc TIMESTAMPTZ)")
-            con.execute(f"INSERT INTO {_INFO_TABLE} VALUES (?, ?, now())", [fingerprint, str(root)])
-            con.execute("COMMIT")
-        finally:
-            con.close()
+    if not force and _published_fingerprint(db) == fingerprint:
         return db
+    # Outside every view's glob; unique per writer, so concurrent refreshes never share a file.
+    tmp = root / f".{DATABASE_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        _write_views_database(tmp, statements, fingerprint, root)
+        # A WAL next to the old file (left by a writer that crashed) would be replayed onto the new one.
+        db.with_name(db.name + ".wal").unlink(missing_ok=True)
+        os.replace(tmp, db)
+    except OSError as exc:
+        raise StoreError(f"cannot update {db}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+    return db
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,15 +535,107 @@ def bind_params(named: NamedQuery, values: Mapping[str, Any]) -> dict[str, Any]:
 # Connections
 
 
+# Limits on every query (``plmscreen query --memory-limit/--spill-limit/--timeout`` or these variables).
+MEMORY_LIMIT_ENV = "PLMSCREEN_QUERY_MEMORY_LIMIT"
+SPILL_LIMIT_ENV = "PLMSCREEN_QUERY_SPILL_LIMIT"
+TIMEOUT_ENV = "PLMSCREEN_QUERY_TIMEOUT"
+DEFAULT_SPILL_LIMIT = "10GB"
+DEFAULT_TIMEOUT_S = 300.0
+_MEMORY_CAP = 4 * 1000**3  # the default memory limit is 4GB, or half the machine's memory if that is less
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*", re.I)
+_SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+               "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
+_BATCH_ROWS = 65_536  # rows per Arrow batch while a result streams in
+
+
+def _size_bytes(text: str, what: str) -> int:
+    """Bytes in a size such as ``4GB``, ``512MiB`` (DuckDB's units: KB = 1000, KiB = 1024)."""
+    match = _SIZE.fullmatch(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise StoreError(f"{what} {text!r} is not a size: give a positive number and a unit, e.g. 4GB or 512MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def default_memory_limit() -> str:
+    """4GB, or half the machine's physical memory if that is less."""
+    try:
+        half = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        half = _MEMORY_CAP
+    return "4GB" if half >= _MEMORY_CAP else f"{half // 1024**2}MiB"
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one query may use. ``memory``: DuckDB's working memory and also the largest result a
+    query may return; ``spill``: disk DuckDB may use in the system temp directory (``TMPDIR``)
+    when working memory runs out; ``timeout_s``: wall-clock seconds per query (0: no limit)."""
+
+    memory: str = ""  # empty: default_memory_limit()
+    spill: str = DEFAULT_SPILL_LIMIT
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.memory:
+            object.__setattr__(self, "memory", default_memory_limit())
+        _size_bytes(self.memory, "memory limit")
+        _size_bytes(self.spill, "spill limit")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s >= 0):
+            raise StoreError(f"time limit {self.timeout_s!r} is not a number of seconds ≥ 0 (0: no limit)")
+
+    @property
+    def memory_bytes(self) -> int:
+        return _size_bytes(self.memory, "memory limit")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> QueryLimits:
+        """Defaults, then the PLMSCREEN_QUERY_* variables, then ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        if environ.get(MEMORY_LIMIT_ENV):
+            values["memory"] = environ[MEMORY_LIMIT_ENV]
+        if environ.get(SPILL_LIMIT_ENV):
+            values["spill"] = environ[SPILL_LIMIT_ENV]
+        if environ.get(TIMEOUT_ENV):
+            try:
+                values["timeout_s"] = float(environ[TIMEOUT_ENV])
+            except ValueError:
+                raise StoreError(f"{TIMEOUT_ENV}={environ[TIMEOUT_ENV]!r} is not a number of seconds (0: no limit)") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class QueryLimitExceeded(QueryError):
+    """A query was stopped by a limit of :class:`QueryLimits`; the message names it and how to raise it."""
+
+
+def _time_limit_error(limits: QueryLimits) -> QueryLimitExceeded:
+    return QueryLimitExceeded(f"query stopped by the time limit of {limits.timeout_s:g} s; raise it with "
+                              f"--timeout SECONDS or {TIMEOUT_ENV} (0: no limit), or narrow the query")
+
+
+def _memory_limit_error(limits: QueryLimits, message: str) -> QueryLimitExceeded:
+    if "max_temp_directory_size" in message:
+        return QueryLimitExceeded(f"query stopped: it needs more than the memory limit of {limits.memory} plus the "
+                                  f"spill limit of {limits.spill} on disk; raise them with --memory-limit SIZE "
+                                  f"({MEMORY_LIMIT_ENV}) or --spill-limit SIZE ({SPILL_LIMIT_ENV}), or narrow the query")
+    return QueryLimitExceeded(f"query stopped by the memory limit of {limits.memory}; raise it with --memory-limit SIZE "
+                              f"or {MEMORY_LIMIT_ENV}, or narrow the query")
+
+
 class Store:
     """A guarded, read-only DuckDB connection to a store's views. Use :func:`open_store`."""
 
-    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection):
+    def __init__(self, root: Path, con: duckdb.DuckDBPyConnection, limits: QueryLimits | None = None,
+                 private_dir: Path | None = None):
         self.root = root
+        self.limits = limits or QueryLimits()
         self._con = con
+        self._private_dir = private_dir  # the private views file and spill space: removed on close
 
     def close(self) -> None:
         self._con.close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
 
     def __enter__(self) -> Store:
         return self
@@ -557,13 +656,61 @@ class Store:
         return self._run(validate_sql(named.sql), bind_params(named, params))
 
     def _run(self, sql: str, params: Mapping[str, Any] | None) -> pa.Table:
+        """The rows, streamed in as Arrow batches under the limits: DuckDB's memory limit does not
+        cover a result once it is Arrow, so the result's own size is held to the memory limit too;
+        the time limit interrupts the connection from a timer thread."""
+        limits = self.limits
+        guard = threading.Lock()
+        state = {"finished": False, "timed_out": False}
+
+        def stop() -> None:
+            with guard:  # never interrupt a later query on this connection
+                if not state["finished"]:
+                    state["timed_out"] = True
+                    self._con.interrupt()
+
+        timer = threading.Timer(limits.timeout_s, stop) if limits.timeout_s > 0 else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        reader = None
         try:
             relation = self._con.sql(sql, params=dict(params) if params else None)
             if relation is None:
                 raise QueryRefused("the statement returned no rows: only SELECT queries are allowed")
-            return relation.to_arrow_table()
-        except duckdb.Error as exc:
-            raise _explain_duckdb_error(exc) from None
+            # An interrupt that lands between DuckDB's steps (binding done, execution not yet
+            # started) finds no running query and is lost: the flag catches it at the next step.
+            if state["timed_out"]:
+                raise _time_limit_error(limits)
+            reader = relation.to_arrow_reader(_BATCH_ROWS)
+            batches, size, cap = [], 0, limits.memory_bytes
+            for batch in reader:
+                if state["timed_out"]:
+                    raise _time_limit_error(limits)
+                size += batch.nbytes
+                if size > cap:
+                    raise QueryLimitExceeded(
+                        f"query stopped: its result is larger than the memory limit of {limits.memory}; add LIMIT or "
+                        f"aggregate, or raise the limit with --memory-limit SIZE or {MEMORY_LIMIT_ENV}")
+                batches.append(batch)
+            return pa.Table.from_batches(batches, schema=reader.schema)
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            # Errors raised while the result streams in arrive as Arrow/OS errors with DuckDB's text.
+            message = _first_line(exc)
+            if state["timed_out"]:
+                raise _time_limit_error(limits) from None
+            if isinstance(exc, duckdb.OutOfMemoryException) or message.startswith("Out of Memory Error"):
+                raise _memory_limit_error(limits, str(exc)) from None
+            if isinstance(exc, duckdb.Error):
+                raise _explain_duckdb_error(exc) from None
+            raise QueryError(message) from None
+        finally:
+            with guard:
+                state["finished"] = True
+            if timer is not None:
+                timer.cancel()
+            if reader is not None:
+                reader.close()  # a result stopped half-way must not hold the connection
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
@@ -574,56 +721,77 @@ def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def open_store(store: str | Path, check_versions: bool = True) -> Store:
-    """Refresh the views if needed, check schema versions and open the guarded read-only connection.
+def _apply_limits(con: duckdb.DuckDBPyConnection, limits: QueryLimits, spill_dir: Path) -> None:
+    """Set DuckDB's memory and spill limits on ``con``. DuckDB creates ``spill_dir`` when it first spills."""
+    # The sizes passed _size_bytes: digits and a unit only, safe inside the quotes.
+    con.execute(f"SET memory_limit = '{limits.memory.strip()}'")
+    con.execute(f"SET max_temp_directory_size = '{limits.spill.strip()}'")
+    con.execute(f"SET temp_directory = '{_sql_literal_path(spill_dir)}'")
+    con.execute("SET parquet_metadata_cache = true")  # the views and the version check read the same footers
 
-    Defence in depth: the database file is opened ``read_only``; after the views are in place
-    DuckDB's external access is switched off except for the store's data directories
-    (``allowed_directories``), extension auto-install/auto-load is off, and the configuration is
-    locked; every user statement is also validated (:func:`validate_sql`). If the store directory
-    is not writable and the database file is missing or stale, the views are built in memory
-    instead (same guard)."""
+
+def open_store(store: str | Path, check_versions: bool = True, limits: QueryLimits | None = None) -> Store:
+    """Open the store's views on a private read-only connection with limits, checked and guarded.
+
+    The views come from the same ``.sql`` files as ``STORE/plmscreen.duckdb`` but are written to
+    a private DuckDB file in a new directory under the system temp directory (with the spill
+    space), which this Store alone opens and removes on close: no other process holding the
+    store's file (readers, even a writer) can block or stale a query, and the store's directory
+    may be read-only. ``STORE/plmscreen.duckdb`` is republished (:func:`refresh_views`) for other
+    DuckDB clients when it is out of date and the store is writable. ``limits`` default to
+    :meth:`QueryLimits.from_env`.
+
+    Defence in depth: the connection is ``read_only``; DuckDB's external access is switched off
+    except for the store's data directories (``allowed_directories``), extension
+    auto-install/auto-load is off, and the configuration is locked (so the limits hold too); every
+    user statement is also validated (:func:`validate_sql`)."""
     root = _store_dir(store)
-    statements, fingerprint = _view_statements(root)
-    db = root / DATABASE_NAME
-    con = _open_if_current(db, fingerprint)
-    if con is None:
+    limits = QueryLimits.from_env() if limits is None else limits
+    if os.access(root, os.W_OK):
         try:
             refresh_views(root)
-            con = duckdb.connect(str(db), read_only=True, config=_CONFIG)
-        except StoreError:
-            if os.access(root, os.W_OK) and (not db.exists() or os.access(db, os.W_OK)):
-                raise
-            con = duckdb.connect(":memory:", config=_CONFIG)
-            _create_views(con, statements)
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot open {db}: {_first_line(exc)}") from None
+        except StoreError as exc:  # the file is for other clients; this query does not need it
+            print(f"plmscreen: warning: {exc}", file=sys.stderr)
+    statements, fingerprint = _view_statements(root)
     try:
+        private_dir = Path(tempfile.mkdtemp(prefix="plmscreen-query-"))
+    except OSError as exc:
+        raise StoreError(f"cannot create a working directory for the query in {tempfile.gettempdir()}: "
+                         f"{exc.strerror or exc}; point TMPDIR to a writable directory") from None
+    con = None
+    try:
+        views_db = private_dir / "views.duckdb"
+        _write_views_database(views_db, statements, fingerprint, root)
+        con = duckdb.connect(str(views_db), read_only=True, config=_CONFIG)
+        _apply_limits(con, limits, private_dir / "spill")
         if check_versions:
             check_schema_versions(root, con=con)
         _lock_down(con, root)
-    except SchemaVersionError:
-        con.close()
-        raise
-    except duckdb.Error as exc:
-        con.close()
-        raise StoreError(f"cannot secure the query connection: {_first_line(exc)}") from None
-    return Store(root, con)
+    except (StoreError, duckdb.Error) as exc:
+        if con is not None:
+            con.close()
+        shutil.rmtree(private_dir, ignore_errors=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"cannot set up the query connection: {_first_line(exc)}") from None
+    return Store(root, con, limits, private_dir)
 
 
-def query(store: str | Path, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    """One guarded SELECT on a store; QueryRefused / QueryError / SchemaVersionError on failure."""
+def query(store: str | Path, sql: str, params: Mapping[str, Any] | None = None,
+          limits: QueryLimits | None = None) -> pa.Table:
+    """One guarded SELECT on a store; QueryRefused / QueryError (QueryLimitExceeded) / SchemaVersionError on failure."""
     validate_sql(sql)  # refuse before touching the store
-    with open_store(store) as st:
+    with open_store(store, limits=limits) as st:
         return st.sql(sql, params)
 
 
-def query_named(store: str | Path, name: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+def query_named(store: str | Path, name: str, params: Mapping[str, Any] | None = None,
+                limits: QueryLimits | None = None) -> pa.Table:
     queries = named_queries()
     if name not in queries:
         raise QueryError(f"no named query {name!r}; known: {', '.join(queries)}")
     bind_params(queries[name], params or {})  # parameter errors before touching the store
-    with open_store(store) as st:
+    with open_store(store, limits=limits) as st:
         return st.named(name, **(params or {}))
 
 
@@ -736,7 +904,7 @@ class DeletedRun:
     run_id: str
     paths: list[Path]  # where the removed directories were
     catalog_rows: bool  # the catalog had the run (and no longer has it)
-    views_refreshed: bool = True  # False: plmscreen.duckdb was busy; the next query refreshes it
+    views_refreshed: bool = True  # False: plmscreen.duckdb could not be rewritten; the next query retries
 
 
 def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
@@ -770,7 +938,7 @@ def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
     refreshed = True
     if (root / DATABASE_NAME).exists():
         try:
-            refresh_views(root, wait_s=2.0)  # a table may have no file left: its view becomes the placeholder
+            refresh_views(root)  # a table may have no file left: its view becomes the placeholder
         except StoreError:
             refreshed = False
     return DeletedRun(run_id, targets, catalog_rows, refreshed)
