@@ -1,7 +1,7 @@
 """The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit.
 
 Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option or
-catalog); 4 some shards failed (the others are written; a rerun retries them); 5 the Dask cluster
+catalog); 3 a query limit (memory, spill or time) stopped a query; 4 some shards failed (the others are written; a rerun retries them); 5 the Dask cluster
 was lost (finished shards are kept; a rerun resumes); 1 anything unexpected.
 """
 
