@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -136,3 +137,107 @@ def test_deployments_register_with_cron_schedules(server, tmp_path):
     assert deployments["ecoli-weekly"]["parameters"]["model"] == "esm2_t33_650M_UR50D"
     assert deployments["sample-nightly"]["parameters"]["model"] == "plmscreen-mini"
     assert deployments["sample-nightly"]["entrypoint"] == "flows/screen.py:screen_proteome"
+
+
+def wait_for_flow_run(url: str, flow_run_id: str, timeout: float, *logs: Path) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api(url, f"/flow_runs/{flow_run_id}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            assert run["state_type"] == "COMPLETED", (run["state"], *(p.read_text()[-3000:] for p in logs))
+            return run
+        time.sleep(2)
+    pytest.fail(f"flow run {flow_run_id} did not finish in {timeout} s: " + " ".join(p.read_text()[-3000:] for p in logs))
+
+
+def schedule_now(url: str, deployment_id: str) -> dict:
+    """What Prefect's scheduler does when a cron time comes: a Scheduled flow run of the deployment."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    return api(url, f"/deployments/{deployment_id}/create_flow_run",
+               {"state": {"type": "SCHEDULED", "name": "Scheduled", "state_details": {"scheduled_time": now}}})
+
+
+def start_logged(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, 9)
+
+
+def test_scheduled_deployment_runs_on_a_process_worker(server, tmp_path):
+    """Production's path: `prefect deploy` of sample-nightly, a `prefect worker` process polling its
+    pool, and two runs scheduled at the same moment (a cron run and a manual one). Both complete,
+    the store and catalog hold the run, every shard was computed once, and the UI shows the run."""
+    from schema.catalog import Catalog
+
+    url, env = server
+    store = tmp_path / "store"
+    env = {**env, "PLMSCREEN_HOME": str(REPO), "PLMSCREEN_DATA": str(tmp_path), "PLMSCREEN_STORE": str(store),
+           "PLMSCREEN_WEIGHTS_DIR": str(tmp_path / "weights"), "PLMSCREEN_CATALOG_URL": ""}
+    made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "plmscreen-cpu", "--type", "process",
+                           "--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stdout + made.stderr
+    deployed = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "sample-nightly",
+                               "--prefect-file", "deploy/prefect.yaml"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-4000:]
+    deployment = api(url, "/deployments/name/screen-proteome/sample-nightly")
+    worker_log = tmp_path / "worker.log"
+    worker = start_logged([sys.executable, "-m", "prefect", "worker", "start", "--pool", "plmscreen-cpu"], worker_log,
+                          env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}, cwd=tmp_path)
+    try:
+        runs = [schedule_now(url, deployment["id"]) for _ in range(2)]
+        finished = [wait_for_flow_run(url, run["id"], 900, worker_log) for run in runs]
+    finally:
+        stop(worker)
+    assert all(run["deployment_id"] == deployment["id"] for run in finished)
+    with Catalog.open(None, store) as catalog:
+        (status,) = catalog.list_runs()
+        shards = catalog.shards(status.run_id)
+    assert status.status == "done" and status.n_sequences == 32
+    assert [s.attempts for s in shards] == [1] * len(shards), "two runs of one deployment computed a shard twice"
+    import pyarrow.parquet as pq
+
+    rows = [r for f in store.glob("sequences/model=*/run=*/part-*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(rows) == len({r["seq_id"] for r in rows}) == 32
+    artifacts = {a["key"] for a in api(url, "/artifacts/filter", {})}
+    assert f"flagged-{status.run_id}" in artifacts
+    page = url.removesuffix("/api") + f"/runs/flow-run/{finished[0]['id']}"
+    dom = rendered_dom(page, tmp_path, budget_ms=20000)
+    assert finished[0]["name"] in dom and "Completed" in dom and "sample-nightly" in dom
+    assert_not_blank(screenshot(page, tmp_path / "scheduled-run.png", budget_ms=20000))
+
+
+def test_served_flow_runs_when_its_schedule_fires(server, tmp_path):
+    """deploy/serve.py: the single-machine way, no work pool."""
+    from schema.catalog import Catalog
+
+    url, env = server
+    store = tmp_path / "store"
+    env = {**env, "PLMSCREEN_STORE": str(store), "PLMSCREEN_CRON": "0 0 1 1 *", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    log = tmp_path / "serve.log"
+    served = start_logged([sys.executable, "deploy/serve.py"], log, cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        deployment = None
+        while deployment is None and time.monotonic() < deadline:
+            try:
+                deployment = api(url, "/deployments/name/screen-proteome/local-nightly")
+            except urllib.error.HTTPError:
+                time.sleep(1)
+        assert deployment is not None, log.read_text()[-3000:]
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 0 1 1 *"]
+        finished = wait_for_flow_run(url, schedule_now(url, deployment["id"])["id"], 900, log)
+    finally:
+        stop(served)
+    with Catalog.open(None, store) as catalog:
+        (status,) = catalog.list_runs()
+    assert status.status == "done" and status.n_sequences == 32
+    assert finished["deployment_id"] == deployment["id"]
