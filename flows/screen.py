@@ -16,9 +16,11 @@ from distributed.client import FutureCancelledError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.runtime import deployment
 
 from flows.clusters import task_runner
 from screening.metrics import FlagRule
+from screening.store import StoreError, run_changes
 from screening.scoring import Scorer, ScoringOptions
 from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest, finalize_run,
                               prepare_run, process_shard)
@@ -108,6 +110,8 @@ def screen_proteome(
         diagnostics=diagnostics,
     )
     plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url)
+    # Runs of one deployment are one screen: `plmscreen changes` compares each with the one before.
+    plan.metadata["deployment"] = deployment.name
     with plan.open_catalog() as catalog:
         # Shards "running" too: a dead holder's claim is taken over by its task, a live one's awaited.
         pending = [s.index for s in catalog.unfinished_shards(plan.run_id)]
@@ -152,4 +156,11 @@ def screen_proteome(
     report_hint = f"Report: `plmscreen report {plan.store} --run {plan.run_id} --out report.html`"
     create_markdown_artifact(_flagged_markdown(summary, report_hint), key=f"flagged-{plan.run_id}",
                              description=f"Flagged sequences of run {plan.run_id}")
+    try:
+        changes = run_changes(plan.store, plan.run_id)
+    except StoreError as exc:  # a report of changes must not fail a finished screen
+        logger.warning("changes since the previous run not computed: %s", exc)
+    else:
+        create_markdown_artifact(changes.markdown(), key=f"changes-{plan.run_id}",
+                                 description=f"What changed in run {plan.run_id} since the previous screen")
     return summary.as_dict()

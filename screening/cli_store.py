@@ -172,6 +172,37 @@ def register(app: typer.Typer) -> None:
             _fail(f"cannot write {out}: {exc.strerror or exc}")
         typer.echo(f"Report on run {info['run']} ({info['n_flagged']} flagged of {info['n_sequences']} sequences): {out}")
 
+    @app.command("changes")
+    def changes_cmd(
+        store: StoreArg,
+        run: Annotated[Optional[str], typer.Option("--run", help="The newer run (default: the most recent).")] = None,
+        since: Annotated[Optional[str], typer.Option("--since", help="The older run (default: the previous run of the same deployment or input name).")] = None,
+        tolerance: Annotated[float, typer.Option(help="Relative change of pppl or inflation factor that counts as changed.")] = 0.01,
+        fmt: FormatOpt = OutputFormat.table,
+        out: OutOpt = None,
+        memory_limit: MemoryLimitOpt = None,
+        spill_limit: SpillLimitOpt = None,
+        timeout: TimeoutOpt = None,
+    ) -> None:
+        """Sequences newly flagged, no longer flagged, added, removed or changed since the previous screen."""
+        import pyarrow as pa
+
+        from screening import store as st
+
+        try:
+            changes = st.run_changes(store, run, since, tolerance, limits=_limits(memory_limit, spill_limit, timeout))
+        except st.QueryLimitExceeded as exc:
+            _fail(str(exc), LIMIT_EXIT)
+        except st.StoreError as exc:
+            _fail(str(exc))
+        if changes.since is None:
+            typer.echo(f"Run {changes.run}: no earlier run of the same screen in {store}; pass --since RUN to compare.")
+            return
+        counts = ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in changes.counts().items())
+        typer.echo(f"Run {changes.run} since {changes.since}: {counts}.", err=out is not None or fmt != OutputFormat.table)
+        if changes.rows:
+            st.write_result(pa.Table.from_pylist(changes.rows), fmt.value, out)
+
     runs_app = typer.Typer(help="List or delete the runs of a store.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import screening
-from screening.store import QueryLimits, StoreError, open_store
+from screening.store import QueryLimits, RunChanges, StoreError, open_store, previous_run
 
 _REGION_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf"]
@@ -177,6 +177,8 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
         shown = flagged[:max_sequences]
         tracks = [(row, st.named("residue_track", run=run, seq_id=row["seq_id"]).to_pylist(),
                    st.named("sequence_regions", run=run, seq_id=row["seq_id"]).to_pylist()) for row in shown]
+        since = previous_run(st, run) if info["created_utc"] is not None else None
+        changes = RunChanges(run, since, st.named("changes", run=run, since=since).to_pylist() if since else [])
 
     anchors = {row["seq_id"]: f"seq-{n}" for n, (row, _, _) in enumerate(tracks)}
     title = f"plmscreen report: run {run}"
@@ -202,6 +204,19 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
     ]
     parts.append("<h2>Run summary</h2><table class=\"summary\"><tbody>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary_rows) + "</tbody></table>")
+
+    parts.append("<h2>Changes since the previous screen</h2>")
+    if changes.since is None:
+        parts.append("<p>No earlier run of this screen (same deployment or input name) is in the store.</p>")
+    else:
+        counts = ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in changes.counts().items())
+        parts.append(f"<p>Since run <code>{html.escape(changes.since)}</code>: {html.escape(counts)}.</p>")
+        if changes.rows:
+            parts.append(_table(changes.rows, [("seq_id", "sequence"), ("change", "change"),
+                                               ("flagged_before", "flagged before"), ("flagged", "flagged now"),
+                                               ("inflation_factor_before", "inflation factor before"),
+                                               ("inflation_factor", "inflation factor now"),
+                                               ("pppl_before", "pppl before"), ("pppl", "pppl now")]))
 
     parts.append(f"<h2>Flagged sequences ({len(flagged)})</h2>")
     if flagged:

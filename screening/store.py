@@ -942,3 +942,82 @@ def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
         except StoreError:
             refreshed = False
     return DeletedRun(run_id, targets, catalog_rows, refreshed)
+
+
+# --------------------------------------------------------------------------------------------
+# Changes between runs of one screen
+
+
+@dataclass
+class RunChanges:
+    run: str
+    since: str | None  # None: no earlier run of the same screen
+    rows: list[dict]  # the `changes` named query's rows
+
+    CATEGORIES = ("newly_flagged", "no_longer_flagged", "added", "removed", "sequence_changed", "scores_changed")
+
+    def counts(self) -> dict[str, int]:
+        return {c: sum(r["change"] == c for r in self.rows) for c in self.CATEGORIES}
+
+    def markdown(self) -> str:
+        """What a flow run publishes as its changes artifact."""
+        if self.since is None:
+            return f"# Changes of run `{self.run}`\n\nNo earlier run of this screen in the store: nothing to compare."
+        counts = self.counts()
+        lines = [f"# Changes of run `{self.run}` since run `{self.since}`", "",
+                 ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in counts.items()) + ".", ""]
+        if self.rows:
+            lines += ["| seq_id | change | flagged before → now | inflation factor before → now |", "|---|---|---|---|"]
+            for row in self.rows[:100]:
+                lines.append(f"| {row['seq_id']} | {row['change'].replace('_', ' ')} | {_md_cell(row['flagged_before'])} → "
+                             f"{_md_cell(row['flagged'])} | {_md_cell(row['inflation_factor_before'])} → "
+                             f"{_md_cell(row['inflation_factor'])} |")
+            if len(self.rows) > 100:
+                lines.append(f"\n… and {len(self.rows) - 100} more: `plmscreen changes STORE --run {self.run}`")
+        return "\n".join(lines)
+
+
+def _md_cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def previous_run(st: Store, run: str) -> str | None:
+    """The run of the same screen made just before ``run``: the same model, and the same deployment
+    when the runs were made by one, else the same input file name (a new release of a proteome
+    keeps its name). Another model on the same input is another screen: compare it with
+    ``compare_runs`` or ``changes --since``."""
+    runs = st.sql("SELECT run, model, deployment, input_path, created_utc FROM runs").to_pylist()
+    this = next((r for r in runs if r["run"] == run), None)
+    if this is None:
+        raise StoreError(f"no run {run} in {st.root} (runs/<run>/run.json is missing)")
+
+    def same_screen(other: dict) -> bool:
+        if other["model"] != this["model"]:
+            return False
+        if this["deployment"] or other["deployment"]:
+            return this["deployment"] == other["deployment"]
+        return Path(this["input_path"] or "").name == Path(other["input_path"] or "").name
+
+    earlier = [r for r in runs if r["run"] != run and same_screen(r) and r["created_utc"] is not None
+               and this["created_utc"] is not None and r["created_utc"] < this["created_utc"]]
+    return max(earlier, key=lambda r: r["created_utc"])["run"] if earlier else None
+
+
+def run_changes(store: str | Path, run: str | None = None, since: str | None = None, tolerance: float = 0.01,
+                limits: QueryLimits | None = None) -> RunChanges:
+    """What changed in ``run`` (default: the newest) since ``since`` (default: the previous run of
+    the same screen, :func:`previous_run`)."""
+    with open_store(store, limits=limits) as st:
+        if run is None:
+            newest = st.sql("SELECT run FROM runs ORDER BY created_utc DESC NULLS LAST LIMIT 1").to_pylist()
+            if not newest:
+                raise StoreError(f"{store}: no runs")
+            run = newest[0]["run"]
+        if since is None:
+            since = previous_run(st, run)
+        if since is None:
+            return RunChanges(run, None, [])
+        rows = st.named("changes", run=run, since=since, tolerance=tolerance).to_pylist()
+    return RunChanges(run, since, rows)

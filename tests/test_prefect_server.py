@@ -99,6 +99,8 @@ def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
     flagged = artifacts[f"flagged-{run_id}"]
     assert flagged["type"] == "markdown" and f"plmscreen run `{run_id}`" in flagged["data"]
     assert "plmscreen report" in flagged["data"]
+    changes = artifacts[f"changes-{run_id}"]
+    assert changes["type"] == "markdown" and "No earlier run of this screen" in changes["data"]
     logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flows[0]["id"]]}}})
     assert any(f"run {run_id}:" in entry["message"] for entry in logs)
 

@@ -9,5 +9,5 @@ FROM read_json('@STORE@/runs/*/run.json',
                    plmscreen_version: 'VARCHAR', schema_version: 'INTEGER', input_path: 'VARCHAR',
                    input_sha256: 'VARCHAR', created_utc: 'TIMESTAMPTZ', n_scored: 'BIGINT',
                    n_rejected: 'BIGINT', n_shards: 'BIGINT', failed_shards: 'JSON', checkpoint_path: 'VARCHAR',
-                   parameters: 'JSON', model: 'JSON'
+                   parameters: 'JSON', model: 'JSON', deployment: 'VARCHAR'
                });
