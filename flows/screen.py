@@ -11,6 +11,7 @@ written twice.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from distributed.client import FutureCancelledError
 from prefect import flow, get_run_logger, task
@@ -58,6 +59,9 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
         f"{summary.n_scored} sequences, {summary.n_residues} residues, {len(summary.flagged)} flagged, "
         f"{summary.n_rejected} rejected; {summary.n_shards} shards ({summary.n_shards_skipped} already done).",
         "",
+        f"Scored in this flow run: {summary.n_shards - summary.n_shards_skipped - len(summary.failed_shards)} shards; "
+        f"taken as finished from the catalog: {summary.n_shards_skipped} shards.",
+        "",
         "| seq_id | length | pppl | pppl_ablated | inflation_factor | repeat_fraction |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -76,7 +80,17 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
 
 
 # Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
-@flow(name="screen-proteome", flow_run_name="screen {input}", task_runner=task_runner())
+def flow_run_name() -> str:
+    """What the Prefect UI lists: 'screen sample.fasta · plmscreen-mini · exact'."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    model = str(params.get("model", "plmscreen-mini"))
+    model = Path(model).stem if model.endswith(".pt") else model
+    return f"screen {Path(str(params['input'])).name} · {model} · {params.get('mode', 'exact')}"
+
+
+@flow(name="screen-proteome", flow_run_name=flow_run_name, task_runner=task_runner())
 def screen_proteome(
     input: str,
     store: str,

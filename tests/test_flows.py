@@ -256,6 +256,13 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
         assert "corrupt weights" in shards[bad[0]].error
         assert all(s.attempts == 1 for i, s in shards.items() if i != bad[0]), "other shards ran once"
         assert status == "failed"
+        # The Prefect UI shows the failed shard as a failed task run, with the error.
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            shard_runs = [t for t in client.read_task_runs() if t.name == f"{summary['run_id']}/shard-{bad[0]}"]
+        assert shard_runs and all(t.state.is_failed() for t in shard_runs)
+        assert "corrupt weights on this worker" in shard_runs[-1].state.message
         assert bad_id not in {r["seq_id"] for r in read_store(store)["sequences"]}
         assert len(read_store(store)["sequences"]) == N_PROTEINS - (shards[bad[0]].last - shards[bad[0]].first + 1)
         # plmscreen status reports the failed shard and why.

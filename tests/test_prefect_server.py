@@ -88,6 +88,7 @@ def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
     url, run_id, store = screened
     flows = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "screen "}}})
     assert len(flows) == 1 and flows[0]["state_type"] == "COMPLETED"
+    assert flows[0]["name"] == "screen four.fasta · esm2_t2_tiny_test · exact"  # what, with what, how
     with Catalog.open(None, store) as catalog:
         n_shards = len(catalog.shards(run_id))
     tasks = api(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flows[0]["id"]]}}})
@@ -99,6 +100,7 @@ def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
     flagged = artifacts[f"flagged-{run_id}"]
     assert flagged["type"] == "markdown" and f"plmscreen run `{run_id}`" in flagged["data"]
     assert "plmscreen report" in flagged["data"]
+    assert f"Scored in this flow run: {n_shards} shards; taken as finished from the catalog: 0 shards." in flagged["data"]
     changes = artifacts[f"changes-{run_id}"]
     assert changes["type"] == "markdown" and "No earlier run of this screen" in changes["data"]
     logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flows[0]["id"]]}}})
