@@ -31,14 +31,26 @@ class FlagRule:
     min_inflation_factor: float = 1.05
     min_repeat_fraction: float = 0.05
 
+    # The rule itself, once: each condition is "sequences column >= rule field". flags() evaluates
+    # it in Python while scoring; sql() renders it for the `reflag` named query, so re-flagging a
+    # stored run in SQL cannot drift from how the run was flagged.
+    CONDITIONS = (("repeat_fraction", "min_repeat_fraction"), ("inflation_factor", "min_inflation_factor"))
+
     def __post_init__(self):
         if self.min_inflation_factor < 1.0:
             raise ValueError(f"min_inflation_factor must be >= 1, got {self.min_inflation_factor}")
         if not 0.0 <= self.min_repeat_fraction <= 1.0:
             raise ValueError(f"min_repeat_fraction must be in [0, 1], got {self.min_repeat_fraction}")
 
-    def flags(self, inflation_factor: float, repeat_fraction: float) -> bool:
-        return repeat_fraction >= self.min_repeat_fraction and inflation_factor >= self.min_inflation_factor
+    def flags(self, inflation_factor: float | None, repeat_fraction: float | None) -> bool:
+        values = {"inflation_factor": inflation_factor, "repeat_fraction": repeat_fraction}
+        return all(values[column] is not None and values[column] >= getattr(self, field)
+                   for column, field in self.CONDITIONS)
+
+    @classmethod
+    def sql(cls, row: str, rule: str) -> str:
+        """The rule as a SQL predicate over ``row``'s columns and ``rule``'s thresholds (NULL: not flagged)."""
+        return " AND ".join(f"coalesce({row}.{column} >= {rule}.{field}, false)" for column, field in cls.CONDITIONS)
 
 
 @dataclass(frozen=True)

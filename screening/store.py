@@ -482,7 +482,10 @@ def _convert(value: Any, param: QueryParam, query_name: str) -> Any:
 
 
 def _parse_named_query(path: Path) -> NamedQuery:
-    text = path.read_text()
+    from screening.metrics import FlagRule
+
+    # @FLAG_RULE(row, rule)@ is the flag rule's one definition (FlagRule.sql), rendered in place.
+    text = re.sub(r"@FLAG_RULE\((\w+), *(\w+)\)@", lambda m: FlagRule.sql(m[1], m[2]), path.read_text())
     description, params = [], []
     for line in text.splitlines():
         if not line.startswith("--"):
