@@ -22,8 +22,13 @@ Also reported:
   * a threshold sweep: TPR/FPR/decoy call rate when only calls with p-value <= p are kept
     (computed from one run at the loosest p; stricter thresholds give a subset of those calls).
 
+Tuning hygiene: the chains are split in two halves by a seeded permutation of the sorted chain
+IDs (--split-seed). Defaults are tuned on --half tune and reported on --half test; a run on all
+chains also reports each half separately.
+
 Usage:
   python bench/repeat_benchmark.py --n 300 --seed 0
+  python bench/repeat_benchmark.py --half tune --n 300 --ecoli 0 --no-write --set null_block=5
   python bench/repeat_benchmark.py --n 300 --set gap_open=-10 --set min_identity=0.25
 """
 
@@ -182,7 +187,14 @@ def evaluate(chains: dict, keys: list[str], params: RepeatParams, sweep: list[fl
     return {"per_chain": per_chain, "seconds_real": t_real, "seconds_decoy": t_decoy}
 
 
-def summarise(result: dict, params: RepeatParams, sweep: list[float]) -> dict:
+def split_halves(keys: list[str], seed: int) -> dict[str, list[str]]:
+    """Seeded split of the chain IDs into a tuning half and a held-out test half."""
+    order = np.random.default_rng(seed).permutation(sorted(keys)).tolist()
+    half = len(order) // 2
+    return {"tune": sorted(order[:half]), "test": sorted(order[half:])}
+
+
+def summarise(result: dict, params: RepeatParams, sweep: list[float], halves: dict | None = None) -> dict:
     chains = result["per_chain"]
     p0 = params.max_pvalue
 
@@ -218,6 +230,20 @@ def summarise(result: dict, params: RepeatParams, sweep: list[float]) -> dict:
                 "unit_pairs_any_exact": float(np.mean([u[2] > 0 for u in rows])),
             }
     out["partner_recall_by_unit_pair_identity"] = bins
+    if halves:
+        out["by_half"] = {}
+        for name, members in halves.items():
+            member_set = set(members)
+            rows = [r for r in chains if r["id"] in member_set]
+            if not rows:
+                continue
+            entry = {"overall": agg(rows, p0), "sweep": {str(p): agg(rows, p) for p in sweep}}
+            for field in ("mean_identity", "max_identity"):
+                entry[f"by_chain_{field}"] = {
+                    _bin_label(lo, hi): agg([r for r in rows if r[field] is not None and lo <= r[field] < hi], p0)
+                    for lo, hi in zip(IDENTITY_BINS[:-1], IDENTITY_BINS[1:])
+                }
+            out["by_half"][name] = entry
     return out
 
 
@@ -331,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=300, help="chains to sample (0 = all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the chain sample")
+    parser.add_argument("--half", choices=("all", "tune", "test"), default="all", help="chains of one half of the seeded split (default: all)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the tune/test split of the chain IDs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a RepeatParams field")
     parser.add_argument("--data", type=Path, default=default_path(TANDEM_REPEATS), help="benchmark folder (default: under $PLMSCREEN_DATA_DIR)")
     parser.add_argument("--ecoli", type=int, default=300, help="E. coli proteins for the null check (0 = skip)")
@@ -351,20 +379,23 @@ def main(argv: list[str] | None = None) -> int:
     loose = dataclasses.replace(base, max_pvalue=max(sweep))
 
     chains = load(require(args.data, "--data", TANDEM_REPEATS))
-    keys = sorted(chains)
+    halves = split_halves(list(chains), args.split_seed)
+    keys = sorted(chains) if args.half == "all" else halves[args.half]
     if args.n and args.n < len(keys):
         keys = sorted(np.random.default_rng(args.seed).choice(keys, size=args.n, replace=False).tolist())
     t0 = time.perf_counter()
     # One run at the loosest threshold; each stricter threshold keeps a subset of its calls.
     result = evaluate(chains, keys, loose, sweep, base.max_pvalue)
     wall = time.perf_counter() - t0
-    summary = summarise(result, base, sweep)
+    summary = summarise(result, base, sweep, halves)
     if args.ecoli:
         summary["ecoli"] = ecoli_checks(require(args.ecoli_fasta, "--ecoli-fasta", ECOLI_FASTA), args.ecoli, base, args.seed)
     meta = {
         "command": "python bench/repeat_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "n_chains": len(keys),
         "n_available": len(chains),
+        "half": args.half,
+        "split_seed": args.split_seed,
         "sample_seed": args.seed,
         "machine": f"2-core CPU ({platform.machine()}, Python {platform.python_version()}, single process)",
         "wall_s": wall,

@@ -149,6 +149,7 @@ class RepeatParams:
     null_length: int = 600
     window: int = 2000
     work_per_residue: float = 5.0e5
+    null_block: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -174,6 +175,8 @@ class RepeatParams:
             )
         if self.window < 4 * self.min_offset:
             problems.append(f"window ({self.window}) must be >= 4 * min_offset ({self.min_offset})")
+        if self.null_block < 1:
+            problems.append(f"null_block must be >= 1, got {self.null_block}")
         if self.max_gap_rate < 0 or self.work_per_residue <= 0:
             problems.append("max_gap_rate must be >= 0 and work_per_residue > 0")
         if problems:
@@ -276,6 +279,20 @@ def _index_arrays(length: int, min_offset: int) -> tuple[np.ndarray, np.ndarray]
     )
 
 
+def _shuffle(codes: np.ndarray, block: int, rng: np.random.Generator) -> np.ndarray:
+    """A composition-preserving shuffle of ``codes``: a residue permutation (``block`` 1), or a
+    permutation of consecutive ``block``-residue pieces cut at a random phase, which also keeps
+    every word of up to ``block`` residues inside a piece (local composition, short motifs)."""
+    length = codes.size
+    if block <= 1 or length <= block:
+        return codes[rng.permutation(length)]
+    phase = int(rng.integers(block))
+    cuts = np.arange(phase, length, block)
+    cuts = cuts[cuts > 0]
+    pieces = np.split(codes, cuts)
+    return np.concatenate([pieces[k] for k in rng.permutation(len(pieces))])
+
+
 def _fit_null(codes: np.ndarray, params: RepeatParams) -> _Null:
     """Gumbel fit (method of moments) of the best off-diagonal score over seeded shuffles."""
     length = codes.size
@@ -285,7 +302,7 @@ def _fit_null(codes: np.ndarray, params: RepeatParams) -> _Null:
     rows, cols = _index_arrays(sample, params.min_offset)
     best = np.empty(params.n_shuffles)
     for k in range(params.n_shuffles):
-        shuffled = codes[rng.permutation(length)[:sample]]
+        shuffled = _shuffle(codes, params.null_block, rng)[:sample]
         aligner.substitution_matrix = _position_matrix(shuffled, params.min_offset)
         best[k] = aligner.score(rows, cols)
     # A floor on the scale keeps degenerate nulls (e.g. homopolymers: every shuffle identical)
