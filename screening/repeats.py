@@ -131,7 +131,8 @@ class RepeatParams:
         second null (residue permutations only, the behaviour before). 5 keeps local
         composition and short words, so shuffles of low-complexity or near-identical-repeat
         proteins (the benchmark's decoys are 5-residue-piece shuffles) are not called: decoy
-        FPR 0.022 -> ~0.002 at p <= 1e-3 (4 and 8 do about as well; see the benchmark notes).
+        FPR 0.022 -> 0.0015 at p <= 1e-3, 0.003 on the held-out half (4 and 8 do about as well;
+        see the benchmark notes).
     mosaic_gap_rate: alignments with more gaps (indel events) per aligned pair than this must
         pass the piece-shuffle null too (0.02: a 12-49-pair alignment without a gap, 50-99
         pairs with one, ... are judged by the residue-permutation null alone); negative: every
