@@ -97,6 +97,32 @@ def shuffled(seq: str, seed: int) -> str:
     return "".join(np.random.default_rng(seed).permutation(list(seq)))
 
 
+def block_shuffled(seq: str, block: int, seed: int) -> str:
+    """A composition-identical shuffle made as the structural benchmark's decoys are: the
+    sequence cut into consecutive pieces of ``block`` residues, the pieces permuted."""
+    pieces = [seq[k : k + block] for k in range(0, len(seq), block)]
+    return "".join(pieces[k] for k in np.random.default_rng(seed).permutation(len(pieces)))
+
+
+def near_identical_repeat_protein(identity: float, seed: int) -> str:
+    """Four tandem copies of a 40-residue unit of lysC, the last three mutated to ``identity``."""
+    unit = LYSC[150:190]
+    copies = [unit] + [mutated_copy(unit, identity, n_indels=0, seed=seed + k)[0] for k in range(3)]
+    return LACI[:30] + "".join(copies) + LACI[200:230]
+
+
+def low_complexity_repeat_protein(identity: float, seed: int) -> str:
+    """Six tandem copies of a 30-residue unit drawn from six letters (GPQSAE), each copy
+    mutated within those letters to ``identity``, between two real flanks."""
+    rng = np.random.default_rng(seed)
+    letters = list("GPQSAE")
+    unit = "".join(rng.choice(letters, 30))
+    copies = [unit]
+    for _ in range(5):
+        copies.append("".join(rng.choice(letters) if rng.random() > identity else c for c in unit))
+    return TRXA[:30] + "".join(copies) + FOLA[:30]
+
+
 def all_pairs(regions: list[RegionPair]) -> set[tuple[int, int]]:
     return {p for r in regions for p in r.pairs}
 
@@ -210,6 +236,94 @@ def test_shuffled_real_protein_has_no_call(name):
 @pytest.mark.parametrize("name", ["trxA", "tpiA", "crp", "folA"])
 def test_repeat_free_real_protein_has_no_call(name):
     assert find_repeats(REAL[name]) == []
+
+
+CASES = [
+    (near_identical_repeat_protein, 0.9, 40),
+    (near_identical_repeat_protein, 0.7, 40),
+    (low_complexity_repeat_protein, 0.9, 30),
+    (low_complexity_repeat_protein, 0.8, 30),
+]
+
+
+def test_piece_shuffles_of_repeat_proteins_are_not_called():
+    """Shuffles of 5-residue pieces (made as the benchmark's decoys) of near-identical or
+    low-complexity repeat proteins keep their composition and many of their repeated short
+    words but no longer hold a repeat. The proteins themselves are found. At the defaults the
+    low-complexity decoys get no call and the near-identical ones few (in these 4 x 40-residue
+    arrays at 70-90% identity only 8 distinct pieces recur, so pieces at one offset sometimes
+    line up without gaps, which only the residue-permutation null judges); the residue-
+    permutation null alone (null_block=1, the default before) called most of them."""
+    old = RepeatParams(null_block=1)
+    n_decoys = called_new = called_old = 0
+    for make, identity, unit in CASES:
+        for seed in (0, 1):
+            seq = make(identity, seed=seed)
+            regions = find_repeats(seq)
+            assert regions and regions[0].pvalue < 1e-6, (make.__name__, identity, seed)
+            assert regions[0].identity >= 0.5  # copies mutated independently: ~identity**2
+            assert (regions[0].partner_start - regions[0].start) % unit == 0
+            decoys = [block_shuffled(seq, 5, k) for k in range(10)]
+            assert all(sorted(d) == sorted(seq) for d in decoys)
+            new_calls = sum(bool(find_repeats(d)) for d in decoys)
+            if make is low_complexity_repeat_protein:
+                assert new_calls == 0, (identity, seed)
+            n_decoys += len(decoys)
+            called_new += new_calls
+            called_old += sum(bool(find_repeats(d, old)) for d in decoys)
+    assert called_new <= 0.1 * n_decoys, (called_new, n_decoys)
+    assert called_old >= 0.5 * n_decoys, (called_old, n_decoys)
+
+
+@pytest.mark.parametrize("unit_length", [7, 10])
+def test_short_unit_tandem_arrays_keep_their_partners(unit_length):
+    """Eight copies of a 7- or 10-residue unit at ~70% identity: most residues of the array get
+    partners in at least two other copies. Their alignments are gap-free, so they are judged
+    by the residue-permutation null; the piece-shuffle null for every alignment
+    (mosaic_gap_rate < 0) keeps fewer of the copy offsets: its 5-residue pieces are half a
+    unit, so its shuffles hold the array's repeated words too."""
+    for seed in (0, 1, 2):
+        unit = LACI[120 : 120 + unit_length]
+        copies = [unit] + [
+            mutated_copy(unit + LACI[:20], 0.7, n_indels=0, seed=seed * 10 + k)[0][:unit_length]
+            for k in range(7)
+        ]
+        seq = TRXA[:30] + "".join(copies) + FOLA[:30]
+        regions = find_repeats(seq)
+        assert len(regions) >= 4
+        assert regions[0].pvalue < 1e-5
+        for r in regions[:3]:  # each region pairs copies: its main diagonal is k units
+            diagonals = np.bincount([j - i for i, j in r.pairs])
+            assert int(np.argmax(diagonals)) % unit_length == 0
+        pmap = partner_map(len(seq), regions)
+        array = range(31, 31 + 8 * unit_length)
+        assert np.mean([len(pmap[p - 1]) >= 2 for p in array]) >= 0.8
+        assert len(find_repeats(seq, RepeatParams(mosaic_gap_rate=-1.0))) < len(regions)
+
+
+def test_residue_permutations_of_low_complexity_repeats_were_never_the_problem():
+    """Low complexity alone does not fool either null: residue permutations of the same
+    low-complexity repeat proteins get no call with the old or the new null."""
+    for identity in (0.9, 0.8):
+        seq = low_complexity_repeat_protein(identity, seed=0)
+        for k in range(5):
+            decoy = shuffled(seq, k)
+            assert find_repeats(decoy) == []
+            assert find_repeats(decoy, RepeatParams(null_block=1)) == []
+
+
+def test_block_null_keeps_moderate_identity_repeats():
+    """Copies at 40-50% identity in a real-protein context stay found with the block null and
+    get about the same p-value as under the residue-permutation null."""
+    unit = LYSC[150:250]
+    for identity, seed in ((0.4, 0), (0.45, 1), (0.5, 2)):
+        copy, _ = mutated_copy(unit, identity, n_indels=2, seed=seed)
+        seq = LACI[:80] + unit + LACI[100:180] + copy + LACI[200:260]
+        new = find_repeats(seq)
+        old = find_repeats(seq, RepeatParams(null_block=1))
+        assert new and old
+        assert new[0].pairs == old[0].pairs
+        assert new[0].pvalue <= 1e-4
 
 
 def test_short_or_empty_sequences():
@@ -361,6 +475,8 @@ def test_params_validation():
         RepeatParams(min_identity=1.5)
     with pytest.raises(ValueError, match="n_shuffles"):
         RepeatParams(n_shuffles=1)
+    with pytest.raises(ValueError, match="null_block"):
+        RepeatParams(null_block=0)
     with pytest.raises(ValueError, match="gap_open"):
         RepeatParams(gap_open=5)
     assert RepeatParams().to_dict()["seed"] == 0
