@@ -42,6 +42,13 @@ def write_esm2_checkpoint(path: Path, layers: int = 2, embed_dim: int = 32, head
     return path
 
 
+def example_fasta(path: Path, n: int) -> Path:
+    """The first ``n`` real proteins of the committed example set, written as a FASTA file."""
+    records = (REPO / "examples" / "sample.fasta").read_text().split(">")[1 : n + 1]
+    path.write_text("".join(">" + r for r in records))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_esm2_checkpoint(tmp_path_factory.mktemp("weights") / "esm2_t2_tiny_test.pt")

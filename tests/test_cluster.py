@@ -24,7 +24,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from conftest import REPO
+from conftest import example_fasta
 from postgres import fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -128,10 +128,7 @@ def loads_logged(node: Node) -> int:
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
-    records = (REPO / "examples" / "sample.fasta").read_text().split(">")[1 : N_PROTEINS + 1]
-    path = tmp_path_factory.mktemp("input") / "proteins.fasta"
-    path.write_text("".join(">" + r for r in records))
-    return path
+    return example_fasta(tmp_path_factory.mktemp("input") / "proteins.fasta", N_PROTEINS)
 
 
 @pytest.fixture(scope="module")
@@ -202,12 +199,16 @@ def test_killed_worker_node_is_replaced_and_late_workers_get_work(fasta, referen
         assert loads_logged(node) <= 1, f"{node.log} loaded the model more than once"
 
 
+def start_cluster(tmp: Path, n_workers: int) -> tuple[str, Node, list[Node]]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = start_scheduler(tmp, port)
+    return address, scheduler, [start_worker(tmp, address, f"node-{k}") for k in range(n_workers)]
+
+
 def test_killed_scheduler_fails_the_flow_and_a_rerun_resumes(fasta, reference, tiny_checkpoint, tmp_path):
     with fresh_database() as catalog:
-        port = free_port()
-        address = f"tcp://127.0.0.1:{port}"
-        scheduler = start_scheduler(tmp_path / "first", port)
-        workers = [start_worker(tmp_path / "first", address, f"node-{k}") for k in range(2)]
+        address, scheduler, workers = start_cluster(tmp_path / "first", 2)
         try:
             screen = start_screen(fasta, tmp_path / "store", tiny_checkpoint, address, catalog, tmp_path / "flow1")
             wait_for(lambda: sum(s == "done" for _, s, _, _ in shard_rows(catalog)) >= 2, 600, "two shards done", screen)
@@ -225,10 +226,7 @@ def test_killed_scheduler_fails_the_flow_and_a_rerun_resumes(fasta, reference, t
         assert 2 <= len(done_before) < n_shards
         files = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").glob("sequences/model=*/run=*/part-*.parquet")}
 
-        port = free_port()
-        address = f"tcp://127.0.0.1:{port}"
-        scheduler = start_scheduler(tmp_path / "second", port)
-        workers = [start_worker(tmp_path / "second", address, f"node-{k}") for k in range(2)]
+        address, scheduler, workers = start_cluster(tmp_path / "second", 2)
         try:
             rerun = start_screen(fasta, tmp_path / "store", tiny_checkpoint, address, catalog, tmp_path / "flow2")
             output, _ = rerun.communicate(timeout=1200)

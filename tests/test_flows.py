@@ -20,6 +20,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import example_fasta
 from screening.fasta import read_fasta
 from screening.screen import ScreenSettings, plan_shards, run_screen
 
@@ -33,11 +34,7 @@ N_PROTEINS = 32
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
     """Real proteins from the committed example set."""
-    text = (REPO / "examples" / "sample.fasta").read_text()
-    records = text.split(">")[1 : N_PROTEINS + 1]
-    path = tmp_path_factory.mktemp("input") / "proteins.fasta"
-    path.write_text("".join(">" + r for r in records))
-    return path
+    return example_fasta(tmp_path_factory.mktemp("input") / "proteins.fasta", N_PROTEINS)
 
 
 @pytest.fixture(scope="module")

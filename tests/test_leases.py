@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_esm2_checkpoint
+from conftest import example_fasta, write_esm2_checkpoint
 from postgres import fresh_database
 from screening.fasta import read_fasta
 from screening.screen import ScreenSettings, plan_shards
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD_TOKENS = 20_000
 
 # One screen driver: plan the run, then process every shard with a scorer that logs each call.
@@ -46,10 +45,7 @@ with plan.open_catalog() as catalog:
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory) -> Path:
-    records = (REPO / "examples" / "sample.fasta").read_text().split(">")[1:13]
-    path = tmp_path_factory.mktemp("input") / "proteins.fasta"
-    path.write_text("".join(">" + r for r in records))
-    return path
+    return example_fasta(tmp_path_factory.mktemp("input") / "proteins.fasta", 12)
 
 
 @pytest.fixture(scope="module")
