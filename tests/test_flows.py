@@ -26,7 +26,6 @@ from screening.screen import ScreenSettings, plan_shards, run_screen
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD_TOKENS = 80_000  # the 32 example proteins make ten shards of a few seconds each
 N_PROTEINS = 32
 
