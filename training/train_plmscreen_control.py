@@ -46,8 +46,8 @@ batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by lengt
 grad-norm clip 1.0. LR: linear warm-up over --warmup-steps, constant --lr, then a cosine decay to
 --min-lr-frac x --lr over the last --decay-steps steps (warmup-stable-decay). The budget and the
 schedule count STEPS, never wall-clock, so SIGSTOP/SIGCONT pauses do not change the result. Nothing
-before the decay depends on --steps, so --resume may change --steps while the LR is still constant
-and the result is identical to a run started with the final --steps. The log records steps, active CPU time (time.process_time, which does not
+before the decay depends on --steps or --decay-steps, so --resume may change them while the LR is
+still constant and the result is identical to a run started with the final values. The log records steps, active CPU time (time.process_time, which does not
 advance while the process is stopped) and wall time.
 
 Resumable: every --save-every-min minutes (wall) the full state (model, optimizer, step, numpy /
@@ -346,10 +346,11 @@ def main():
         changed = {k: (old.get(k), v) for k, v in vars(args).items() if old.get(k) != v and k != "resume"}
         if changed:
             print(f"arguments changed on resume: {changed}", flush=True)
-            assert set(changed) <= {"steps", "save_every_min", "log_every", "probe_every", "stop_at"}, changed
-            if "steps" in changed:
-                assert step <= min(old["steps"], args.steps) - args.decay_steps, \
-                    "--steps may only change before the LR decay has started"
+            assert set(changed) <= {"steps", "decay_steps", "save_every_min", "log_every", "probe_every",
+                                    "stop_at"}, changed
+            if "steps" in changed or "decay_steps" in changed:
+                assert step <= min(old["steps"] - old["decay_steps"], args.steps - args.decay_steps), \
+                    "--steps/--decay-steps may only change while the LR is still constant under both"
 
     def save_state():
         tmp = state_path + ".partial"
