@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from prefect.runtime import deployment
 
 from flows.clusters import task_runner
+from screening.errors import ClusterError
 from screening.metrics import FlagRule
 from screening.store import StoreError, run_changes
 from screening.scoring import Scorer, ScoringOptions
@@ -29,7 +30,7 @@ from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummar
 SHARD_RETRIES = 2
 
 
-class ClusterLostError(RuntimeError):
+class ClusterLostError(ClusterError):
     """The Dask cluster went away under the flow (its scheduler died or became unreachable)."""
 
 # The models this worker process holds: tasks of the same run share one; a new checkpoint replaces it.

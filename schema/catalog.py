@@ -54,6 +54,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from screening import errors
+
 __all__ = [
     "Base",
     "Run",
@@ -80,7 +82,7 @@ _CLAIMABLE = ("pending", "failed")
 _MAX_ERROR_CHARS = 20_000
 
 
-class CatalogError(Exception):
+class CatalogError(errors.CatalogError):
     """A catalog problem with a message meant for the user."""
 
 

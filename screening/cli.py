@@ -1,8 +1,5 @@
-"""The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit.
-
-Exit codes: 0 success; 2 bad input (invalid FASTA, unknown or broken model, bad option or
-catalog); 3 a query limit (memory, spill or time) stopped a query; 4 some shards failed (the others are written; a rerun retries them); 5 the Dask cluster
-was lost (finished shards are kept; a rerun resumes); 1 anything unexpected.
+"""The ``plmscreen`` command line. Library errors become one clear message and a non-zero exit;
+the exit codes are defined with the errors, in ``screening.errors``.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 import screening
+from screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, PlmscreenError
 from screening.metrics import FlagRule
 
 app = typer.Typer(
@@ -212,10 +210,9 @@ def screen(
     """
     from tqdm import tqdm
 
-    from schema.catalog import CatalogError
     from screening.fasta import InvalidFastaError, read_fasta
     from screening.metrics import FlagRule
-    from screening.model import ModelLoadError, check_checkpoint, resolve_checkpoint
+    from screening.model import check_checkpoint, resolve_checkpoint
     from screening.scoring import ScoringOptions
     from screening.screen import ScreenSettings, run_screen
 
@@ -240,16 +237,16 @@ def screen(
             raise InvalidFastaError(input, contents.rejects)
         # The layout is read through a memory map: the CLI never holds the model's weights.
         check_checkpoint(resolve_checkpoint(model, settings.weights_dir)[1])
-    except ValueError as exc:
-        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid." if isinstance(exc, InvalidFastaError) else str(exc), 2)
-    except FileNotFoundError as exc:
-        _fail(str(exc), 2)
-    except ModelLoadError as exc:
-        _fail(str(exc), 2)
+    except InvalidFastaError as exc:
+        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
+    except PlmscreenError as exc:
+        _fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
+        _fail(str(exc), EXIT_BAD_INPUT)
 
     if not in_process:
         _quiet_orchestration_logs()
-        from flows.screen import ClusterLostError, screen_proteome
+        from flows.screen import screen_proteome
 
         try:
             with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress):
@@ -260,13 +257,11 @@ def screen(
                     min_repeat_fraction=min_repeat_fraction, skip_invalid=skip_invalid, overwrite=overwrite,
                     catalog_url=catalog, mode=mode, diagnostics=diagnostics,
                 )
-        except CatalogError as exc:
-            _fail(str(exc), 2)
-        except ClusterLostError as exc:
-            _fail(str(exc), 5)
+        except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
+            _fail(str(exc), exc.exit_code)
         _print_summary(summary)
         if summary["failed_shards"]:
-            raise typer.Exit(4)
+            raise typer.Exit(EXIT_SHARDS_FAILED)
         return
 
     bar = None
@@ -290,8 +285,8 @@ def screen(
     try:
         summary = run_screen(input, out, settings, skip_invalid=skip_invalid, overwrite=overwrite,
                              on_start=on_start, on_sequence_done=on_sequence_done, catalog_url=catalog)
-    except (ModelLoadError, CatalogError) as exc:
-        _fail(str(exc), 2)
+    except PlmscreenError as exc:
+        _fail(str(exc), exc.exit_code)
     finally:
         if bar is not None:
             bar.close()
@@ -315,7 +310,7 @@ def repeats(
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
     except (InvalidFastaError, FileNotFoundError) as exc:
-        _fail(f"{exc}\nNothing was written. Fix the records or pass --skip-invalid.", 2)
+        _fail(f"{exc}\nNothing was written. Fix the records or pass --skip-invalid.", EXIT_BAD_INPUT)
     params = RepeatParams()
     regions = [find_repeats(r.sequence, params) for r in contents.records]
     table = repeat_table(contents.records, regions)

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from screening.errors import EXIT_BAD_INPUT, EXIT_QUERY_LIMIT
+
 
 class OutputFormat(str, Enum):
     table = "table"
@@ -38,10 +40,9 @@ SpillLimitOpt = Annotated[Optional[str], typer.Option(
          "Default: 10GB; env PLMSCREEN_QUERY_SPILL_LIMIT.")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds each query may run; 0: no limit. Default: 300; env PLMSCREEN_QUERY_TIMEOUT.")]
-LIMIT_EXIT = 3  # a query stopped by a limit: distinct from 2 so scripts can retry with a higher one
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"plmscreen: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -79,7 +80,7 @@ def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str,
     except st.QueryRefused as exc:
         _fail(f"refused: {exc}")
     except st.QueryLimitExceeded as exc:
-        _fail(str(exc), LIMIT_EXIT)
+        _fail(str(exc), EXIT_QUERY_LIMIT)
     except st.QueryError as exc:
         _fail(f"query failed: {exc}")
     except st.StoreError as exc:
@@ -165,7 +166,7 @@ def register(app: typer.Typer) -> None:
         try:
             info = write_report(store, out, run=run, max_sequences=max_sequences, limits=limits)
         except st.QueryLimitExceeded as exc:
-            _fail(str(exc), LIMIT_EXIT)
+            _fail(str(exc), EXIT_QUERY_LIMIT)
         except st.StoreError as exc:
             _fail(str(exc))
         except OSError as exc:
@@ -192,7 +193,7 @@ def register(app: typer.Typer) -> None:
         try:
             changes = st.run_changes(store, run, since, tolerance, limits=_limits(memory_limit, spill_limit, timeout))
         except st.QueryLimitExceeded as exc:
-            _fail(str(exc), LIMIT_EXIT)
+            _fail(str(exc), EXIT_QUERY_LIMIT)
         except st.StoreError as exc:
             _fail(str(exc))
         if changes.since is None:

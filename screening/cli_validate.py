@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from screening.errors import EXIT_BAD_INPUT
+
 
 class Preset(str, Enum):
     full = "full"
@@ -62,7 +64,7 @@ def validate(
     typer.echo(f"Page: {Path(out) / 'index.html'}")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     typer.echo(f"plmscreen: error: {message}", err=True)
     raise typer.Exit(code)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
+from screening.errors import InputError
+
 STANDARD_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY")
 # Ambiguity and rare codes ESM-2 has seen; J has no token in the ESM-1b alphabet and scores as <unk>.
 EXTRA_RESIDUES = frozenset("XBZUOJ")
@@ -50,7 +52,7 @@ class RejectedRecord:
         return f"{where} {name}: {self.reason}"
 
 
-class InvalidFastaError(ValueError):
+class InvalidFastaError(InputError):
     """The input has records that break the policy; ``rejects`` lists every one of them."""
 
     def __init__(self, path: str | Path, rejects: list[RejectedRecord]):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from screening.errors import ModelError
+
 ESM2_MODELS = (
     "esm2_t6_8M_UR50D",
     "esm2_t12_35M_UR50D",
@@ -45,7 +47,7 @@ OFFLINE_ENV = "PLMSCREEN_OFFLINE"
 DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelError):
     """The model could not be found or its checkpoint could not be used; the message says why."""
 
 

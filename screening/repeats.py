@@ -63,6 +63,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from Bio.Align import PairwiseAligner, substitution_matrices
 
+from screening.errors import InputError
+
 __all__ = [
     "InvalidSequenceError",
     "RepeatParams",
@@ -103,7 +105,7 @@ REGION_COLUMNS = (
 )
 
 
-class InvalidSequenceError(ValueError):
+class InvalidSequenceError(InputError):
     """The sequence holds a character that is not an amino-acid letter."""
 
 

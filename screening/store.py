@@ -85,6 +85,7 @@ import pyarrow.parquet as pq
 
 import schema
 from schema.arrow import METADATA_KEY
+from screening import errors
 
 __all__ = [
     "DATABASE_NAME",
@@ -128,7 +129,7 @@ _STORE_TOKEN = "@STORE@"
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-class StoreError(Exception):
+class StoreError(errors.StoreError):
     """A store problem with a message meant for the user (missing store, locked database ...)."""
 
 
@@ -607,7 +608,7 @@ class QueryLimits:
         return cls(**values)
 
 
-class QueryLimitExceeded(QueryError):
+class QueryLimitExceeded(QueryError, errors.QueryLimitError):
     """A query was stopped by a limit of :class:`QueryLimits`; the message names it and how to raise it."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import screening
+from screening.errors import InputError
 from screening.fasta import STANDARD_RESIDUES, read_fasta
 from screening.metrics import summarize
 from screening.model import LoadedModel, load_model
@@ -45,7 +46,7 @@ AA20 = "ACDEFGHIKLMNPQRSTVWY"
 MIN_PROTEINS = 3
 
 
-class ValidationInputError(ValueError):
+class ValidationInputError(InputError):
     """The protein set or the settings cannot run the validation; the message says why."""
 
 
