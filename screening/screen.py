@@ -324,14 +324,6 @@ def write_shard(tables: ShardTables, store: Path, model_name: str, run_id: str, 
     ]
 
 
-def delete_run_files(store: Path, model_name: str, run_id: str) -> None:
-    import shutil
-
-    for kind in TABLES:
-        shutil.rmtree(run_dir(store, kind, model_name, run_id), ignore_errors=True)
-    shutil.rmtree(Path(store) / "runs" / run_id, ignore_errors=True)
-
-
 def register_shards(catalog: Catalog, run_id: str, records: Sequence[ProteinRecord],
                     planned: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
     """Register ``planned`` shards unless the run already has some; return the run's shards.
@@ -391,8 +383,9 @@ def prepare_run(
                    checkpoint_identity=checkpoint_identity)
     with plan.open_catalog() as catalog:
         if overwrite:
-            catalog.delete_run(run_id)
-            delete_run_files(store, model_name, run_id)
+            from screening.store import delete_run  # the one way a run is deleted (also `runs delete`)
+
+            delete_run(store, run_id, catalog)
         info_dir = store / "runs" / run_id
         info_dir.mkdir(parents=True, exist_ok=True)
         if contents.rejects:

@@ -112,9 +112,13 @@ def test_rerun_resumes_the_same_run_without_rewriting(screen_out, tiny_checkpoin
     assert again.n_shards_skipped == again.n_shards == 1
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("part-*.parquet")} == before
     assert [r["seq_id"] for r in again.flagged] == [r["seq_id"] for r in first_summary.flagged]
-    # --overwrite redoes the run: same files, same numbers.
+    # --overwrite redoes the run: same files, same numbers, nothing left of the old run (it goes
+    # through the same delete_run as `plmscreen runs delete`, stale part files included).
+    stale = part(out, "residues").with_name("part-00099.parquet")
+    stale.write_bytes(part(out, "residues").read_bytes())
     redone = run_screen(fasta, out, ScreenSettings(model=str(tiny_checkpoint), device="cpu"), overwrite=True)
     assert redone.n_shards_skipped == 0
+    assert not stale.exists() and not (out / ".trash").exists()
     np.testing.assert_allclose(pq.read_table(part(out, "residues")).column("logp_masked").to_numpy(),
                                pq.read_table(part(shared_out, "residues")).column("logp_masked").to_numpy(), atol=1e-6)
     # Different parameters are a different run: it lands beside the first, which stays untouched.
