@@ -28,13 +28,13 @@ import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
 from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from screening.fasta import ProteinRecord, read_fasta  # noqa: E402
+from screening.fasta import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
 from screening.metrics import FlagRule  # noqa: E402
 from screening.repeats import RepeatParams  # noqa: E402
 from screening.scoring import Scorer, ScoringOptions  # noqa: E402
 from screening.screen import score_shard  # noqa: E402
 
-AMINO = "ACDEFGHIKLMNPQRSTVWY"
+AMINO = STANDARD_ALPHABET
 
 
 def proteome_sample(path: Path, n: int, max_len: int, seed: int) -> list[ProteinRecord]:

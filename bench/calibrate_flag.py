@@ -46,13 +46,13 @@ import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
 from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from screening.fasta import ProteinRecord, read_fasta  # noqa: E402
+from screening.fasta import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
 from screening.metrics import FlagRule  # noqa: E402
 from screening.repeats import RepeatParams  # noqa: E402
 from screening.scoring import Scorer, ScoringOptions  # noqa: E402
 from screening.screen import score_shard  # noqa: E402
 
-AMINO = "ACDEFGHIKLMNPQRSTVWY"
+AMINO = STANDARD_ALPHABET
 FACTORS = (1.02, 1.05, 1.10, 1.15, 1.20, 1.30, 1.50)
 FRACTIONS = (0.0, 0.02, 0.05, 0.10, 0.20)
 PVALUES = (1e-4, 1e-3, 1e-2)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from screening.fasta import STANDARD_ALPHABET
 from screening.scoring import Probe, Scorer
 
-STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+STANDARD = STANDARD_ALPHABET
 
 
 @dataclass

@@ -22,7 +22,9 @@ from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from screening.errors import InputError
 
-STANDARD_RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWY")
+# The 20 standard amino acids, in ESM/UniProt order: the one copy of the alphabet.
+STANDARD_ALPHABET = "ACDEFGHIKLMNPQRSTVWY"
+STANDARD_RESIDUES = frozenset(STANDARD_ALPHABET)
 # Ambiguity and rare codes ESM-2 has seen; J has no token in the ESM-1b alphabet and scores as <unk>.
 EXTRA_RESIDUES = frozenset("XBZUOJ")
 ALLOWED_RESIDUES = STANDARD_RESIDUES | EXTRA_RESIDUES

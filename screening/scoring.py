@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from screening.fasta import EXTRA_RESIDUES, STANDARD_ALPHABET
 from screening.forward import logprobs_at
 from screening.model import LoadedModel
 
@@ -200,7 +201,7 @@ class Scorer:
         alphabet = loaded.alphabet
         self._bos, self._eos = alphabet.cls_idx, alphabet.eos_idx
         self._pad, self._mask = alphabet.padding_idx, alphabet.mask_idx
-        self._index = {aa: alphabet.get_idx(aa) for aa in "ACDEFGHIKLMNPQRSTVWYXBZUOJ"}
+        self._index = {aa: alphabet.get_idx(aa) for aa in STANDARD_ALPHABET + "".join(sorted(EXTRA_RESIDUES))}
 
     def encode(self, sequence: str) -> torch.Tensor:
         return torch.tensor([self._index[aa] for aa in sequence], dtype=torch.long)

@@ -36,13 +36,13 @@ import numpy as np
 
 import screening
 from screening.errors import InputError
-from screening.fasta import STANDARD_RESIDUES, read_fasta
+from screening.fasta import STANDARD_ALPHABET, STANDARD_RESIDUES, read_fasta
 from screening.metrics import summarize
 from screening.model import LoadedModel, load_model
 from screening.scoring import Probe, Scorer, ScoringOptions
 
 DEFAULT_FASTA = Path(__file__).parent / "data" / "validation_proteins.fasta"
-AA20 = "ACDEFGHIKLMNPQRSTVWY"
+AA20 = STANDARD_ALPHABET
 MIN_PROTEINS = 3
 
 
