@@ -63,6 +63,7 @@ Guarantees
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -84,7 +85,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schema
-from schema.arrow import METADATA_KEY
+from schema.arrow import METADATA_KEY, REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
 from screening import errors
 
 __all__ = [
@@ -253,6 +254,25 @@ def _sql_literal_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+_TABLE_SCHEMAS = {"residues": RESIDUES_SCHEMA, "sequences": SEQUENCES_SCHEMA, "repeats": REPEATS_SCHEMA}
+
+
+@functools.lru_cache(maxsize=None)
+def _empty_view_sql(view: str) -> str:
+    """The view of a table with no file yet: no rows, the partition columns and the columns of its
+    Arrow schema (the data contract, schema.arrow), typed as DuckDB reads them from Parquet."""
+    con = duckdb.connect()
+    try:
+        empty = _TABLE_SCHEMAS[view].empty_table()  # noqa: F841 - read by name below
+        columns = con.execute("DESCRIBE SELECT * FROM empty").fetchall()
+    finally:
+        con.close()
+    typed = ", ".join(["NULL::VARCHAR AS run", "NULL::VARCHAR AS model",
+                       *(f'NULL::{type_} AS "{name}"' for name, type_, *_ in columns)])
+    return (f"-- {view} while the store holds no {view} file yet: generated from schema.arrow.\n"
+            f"CREATE OR REPLACE VIEW {view} AS\nSELECT * FROM (SELECT {typed}) WHERE false;\n")
+
+
 def _view_statements(store: Path) -> tuple[list[tuple[str, str]], str]:
     """(file name, SQL) per view, with the store path substituted, and a fingerprint of the set.
 
@@ -264,9 +284,13 @@ def _view_statements(store: Path) -> tuple[list[tuple[str, str]], str]:
             continue
         sql = path.read_text()
         globs = re.findall(rf"'{_STORE_TOKEN}/([^']*)'", sql)
-        empty = path.with_name(path.name[: -len(".sql")] + ".empty.sql")
-        if any(next(iter(store.glob(g)), None) is None for g in globs) and empty.exists():
-            path, sql = empty, empty.read_text()
+        if any(next(iter(store.glob(g)), None) is None for g in globs):
+            view = re.search(r"CREATE OR REPLACE VIEW (\w+)", sql)[1]
+            empty = path.with_name(path.name[: -len(".sql")] + ".empty.sql")
+            if view in _TABLE_SCHEMAS:
+                path, sql = empty, _empty_view_sql(view)
+            elif empty.exists():
+                path, sql = empty, empty.read_text()
         statements.append((path.name, sql.replace(_STORE_TOKEN, _sql_literal_path(store))))
     digest = hashlib.sha256()
     digest.update(f"{duckdb.__version__}\n{sorted(SUPPORTED_SCHEMA_VERSIONS)}\n".encode())
