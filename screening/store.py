@@ -276,8 +276,9 @@ def _empty_view_sql(view: str) -> str:
 def _view_statements(store: Path) -> tuple[list[tuple[str, str]], str]:
     """(file name, SQL) per view, with the store path substituted, and a fingerprint of the set.
 
-    A view whose source glob matches no file yet is defined by its ``.empty.sql`` twin (no rows,
-    the same columns), so queries work on a store without runs."""
+    A view whose source glob matches no file yet has no rows and the same columns: generated from
+    the table's Arrow schema (residues, sequences, repeats) or read from its ``.empty.sql`` twin
+    (runs), so queries work on a store without runs."""
     statements = []
     for path in sorted(VIEWS_DIR.glob("*.sql")):
         if path.name.endswith(".empty.sql"):
