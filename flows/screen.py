@@ -22,6 +22,7 @@ from prefect.runtime import deployment
 from flows.clusters import task_runner
 from screening.errors import ClusterError
 from screening.metrics import FlagRule
+from screening.render import flagged_markdown
 from screening.store import StoreError, run_changes
 from screening.scoring import Scorer, ScoringOptions
 from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest, finalize_run,
@@ -63,17 +64,8 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
         f"Scored in this flow run: {summary.n_shards - summary.n_shards_skipped - len(summary.failed_shards)} shards; "
         f"taken as finished from the catalog: {summary.n_shards_skipped} shards.",
         "",
-        "| seq_id | length | pppl | pppl_ablated | inflation_factor | repeat_fraction |",
-        "|---|---:|---:|---:|---:|---:|",
+        flagged_markdown(summary.flagged),
     ]
-    def num(value, digits=2):
-        return "-" if value is None else f"{value:.{digits}f}"  # pppl is unknown in triage mode
-
-    for row in summary.flagged[:50]:
-        lines.append(
-            f"| {row['seq_id']} | {row['length']} | {num(row['pppl'])} | {num(row['pppl_ablated'])} | "
-            f"{num(row['inflation_factor'], 3)} | {num(row['repeat_fraction'])} |"
-        )
     if summary.failed_shards:
         lines += ["", f"**Failed shards** (rerun the same command to retry): {summary.failed_shards}"]
     lines += ["", report_hint]

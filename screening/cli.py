@@ -15,6 +15,7 @@ import typer
 import screening
 from screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, PlmscreenError
 from screening.metrics import FlagRule
+from screening.render import flagged_text
 
 app = typer.Typer(
     add_completion=False,
@@ -44,26 +45,6 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _cell(value, width: int, digits: int = 2) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
-
-
-def _format_flagged(rows: list[dict], limit: int = 50) -> str:
-    if not rows:
-        return "No sequences flagged."
-    # pppl columns are '-' in triage mode; copy_f (mean copy-following) is '-' without diagnostics.
-    header = f"{'seq_id':<28} {'length':>6} {'pppl':>8} {'pppl_abl':>8} {'infl_fac':>8} {'rep_frac':>8} {'copy_f':>7}"
-    lines = [header, "-" * len(header)]
-    for row in rows[:limit]:
-        lines.append(
-            f"{row['seq_id'][:28]:<28} {row['length']:>6} {_cell(row['pppl'], 8)} {_cell(row['pppl_ablated'], 8)} "
-            f"{_cell(row['inflation_factor'], 8)} {_cell(row['repeat_fraction'], 8)} {_cell(row.get('mean_copy_following'), 7)}"
-        )
-    if len(rows) > limit:
-        lines.append(f"... and {len(rows) - limit} more")
-    return "\n".join(lines)
-
-
 def _print_summary(summary: dict) -> None:
     rate = summary["n_residues"] / summary["seconds"] if summary["seconds"] else 0.0
     resumed = f", {summary['n_shards_skipped']} of {summary['n_shards']} shards already done" if summary["n_shards_skipped"] else ""
@@ -79,7 +60,7 @@ def _print_summary(summary: dict) -> None:
         typer.echo(f"FAILED shards {summary['failed_shards']}: their sequences are missing; rerun the same command to retry them.")
     typer.echo("")
     typer.echo("Flagged sequences (repeat-inflated pseudo-likelihoods), most inflated first:")
-    typer.echo(_format_flagged(summary["flagged"]))
+    typer.echo(flagged_text(summary["flagged"]))
 
 
 def _quiet_orchestration_logs() -> None:

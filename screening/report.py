@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import screening
+from screening.render import flagged_html_columns
 from screening.store import QueryLimits, RunChanges, StoreError, open_store, previous_run
 
 _REGION_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -220,13 +221,7 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
 
     parts.append(f"<h2>Flagged sequences ({len(flagged)})</h2>")
     if flagged:
-        parts.append(_table(flagged, [("seq_id", "sequence"), ("length", "length"), ("pppl", "pppl"),
-                                      ("pppl_ablated", "pppl ablated"), ("inflation_factor", "inflation factor"),
-                                      ("repeat_fraction", "repeat fraction"),
-                                      ("mean_net_inflation", "net inflation (nats)"),
-                                      ("mean_copy_following", "copy-following"), ("n_repeat_regions", "regions"),
-                                      ("regions", "repeat regions (start-end~partner, identity, mean inflation)")],
-                            anchors))
+        parts.append(_table(flagged, flagged_html_columns(), anchors))
     else:
         parts.append("<p>No sequence was flagged.</p>")
 

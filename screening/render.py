@@ -1,0 +1,69 @@
+"""The flagged-sequences table, defined once and rendered for the terminal, Prefect markdown
+artifacts and the HTML report (which adds its own wider columns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # field of a flagged row (sequences table)
+    short: str  # terminal header
+    title: str  # markdown / HTML header
+    digits: int | None = None  # decimals for floats; None: shown as is
+    width: int = 8  # terminal width
+
+
+FLAGGED_COLUMNS = (
+    Column("seq_id", "seq_id", "sequence", None, 28),
+    Column("length", "length", "length", None, 6),
+    Column("pppl", "pppl", "pppl", 2),  # '-' in triage mode
+    Column("pppl_ablated", "pppl_abl", "pppl ablated", 2),
+    Column("inflation_factor", "infl_fac", "inflation factor", 2),
+    Column("repeat_fraction", "rep_frac", "repeat fraction", 2),
+    Column("mean_copy_following", "copy_f", "copy-following", 2, 7),  # '-' without diagnostics
+)
+
+
+def _value(row: dict, column: Column) -> str:
+    value = row.get(column.key)
+    if value is None:
+        return "-"
+    return f"{value:.{column.digits}f}" if column.digits is not None else str(value)
+
+
+def flagged_text(rows: list[dict], limit: int = 50) -> str:
+    """Fixed-width table for the terminal, most inflated first as given."""
+    if not rows:
+        return "No sequences flagged."
+
+    def line(cells: list[str]) -> str:
+        return " ".join(f"{cell[:c.width]:<{c.width}}" if c.key == "seq_id" else f"{cell:>{c.width}}"
+                        for c, cell in zip(FLAGGED_COLUMNS, cells))
+
+    header = line([c.short for c in FLAGGED_COLUMNS])
+    lines = [header, "-" * len(header)]
+    lines += [line([_value(row, c) for c in FLAGGED_COLUMNS]) for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"... and {len(rows) - limit} more")
+    return "\n".join(lines)
+
+
+def flagged_markdown(rows: list[dict], limit: int = 50) -> str:
+    """Markdown table for Prefect artifacts."""
+    if not rows:
+        return "No sequences flagged."
+    lines = ["| " + " | ".join(c.title for c in FLAGGED_COLUMNS) + " |",
+             "|" + "|".join("---" if c.key == "seq_id" else "---:" for c in FLAGGED_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_value(row, c) for c in FLAGGED_COLUMNS) + " |" for row in rows[:limit]]
+    if len(rows) > limit:
+        lines.append(f"\n… and {len(rows) - limit} more: `plmscreen flagged STORE`")
+    return "\n".join(lines)
+
+
+def flagged_html_columns() -> list[tuple[str, str]]:
+    """(key, header) of the report's flagged table: the same columns, then the report's extras."""
+    return [(c.key, c.title) for c in FLAGGED_COLUMNS] + [
+        ("mean_net_inflation", "net inflation (nats)"), ("n_repeat_regions", "regions"),
+        ("regions", "repeat regions (start-end~partner, identity, mean inflation)")]
