@@ -16,10 +16,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from flows.clusters import task_runner
+from flows.clusters import restore_malloc_thresholds, task_runner
+from flows.resources import auto_shard_tokens
 from screening.metrics import FlagRule
 from screening.scoring import Scorer, ScoringOptions
-from screening.screen import RunPlan, ScreenSettings, ScreenSummary, ShardManifest, finalize_run, prepare_run, process_shard
+from screening.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScreenSettings, ScreenSummary, ShardManifest, finalize_run,
+                              prepare_run, process_shard, shard_cost)
 
 SHARD_RETRIES = 2
 
@@ -32,10 +34,13 @@ def worker_scorer(settings: ScreenSettings, torch_threads: int | None) -> Scorer
 
     from screening.model import load_model
 
-    if torch_threads:
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1; the plan may give a worker more cores.
+    if torch_threads and torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
     key = (settings.model, settings.weights_dir, settings.device, settings.scoring)
     if key not in _SCORERS:
+        if not _SCORERS:
+            restore_malloc_thresholds()  # once per worker process, before the model allocates anything
         _SCORERS[key] = Scorer(load_model(settings.model, settings.weights_dir, settings.device), settings.scoring)
     return _SCORERS[key]
 
@@ -72,6 +77,33 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
     return "\n".join(lines)
 
 
+def _cluster_slots() -> int:
+    """Worker threads of the Dask cluster this flow runs on (0 when not known yet, e.g. an
+    adaptive cluster with no worker up)."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return 0
+    try:
+        return sum(runner.client.nthreads().values())
+    except Exception:  # noqa: BLE001 - without a count the fixed default applies
+        return 0
+
+
+def _shard_tokens_for_cluster(input: str, mode: str) -> int:
+    from flows.resources import MAX_SHARD_TOKENS
+    from screening.fasta import read_fasta
+
+    slots = _cluster_slots()
+    if not slots:
+        return MAX_SHARD_TOKENS
+    costs = [shard_cost(len(r.sequence)) for r in read_fasta(input).records]
+    return auto_shard_tokens(costs, slots, TRIAGE_SHARD_SCALE if mode == "triage" else 1)
+
+
 # Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
 @flow(name="screen-proteome", flow_run_name="screen {input}", task_runner=task_runner())
 def screen_proteome(
@@ -83,7 +115,7 @@ def screen_proteome(
     batch_tokens: int | None = None,
     precision: str = "fp32",
     masks_per_copy: int = 1,
-    shard_tokens: int = 4_000_000,
+    shard_tokens: int | None = None,
     min_inflation_factor: float = FlagRule.min_inflation_factor,
     min_repeat_fraction: float = FlagRule.min_repeat_fraction,
     skip_invalid: bool = False,
@@ -93,9 +125,15 @@ def screen_proteome(
     mode: str = "exact",
     diagnostics: bool = True,
 ) -> dict:
-    """Screen ``input`` into ``store``; rerunning the same screen resumes it."""
+    """Screen ``input`` into ``store``; rerunning the same screen resumes it.
+
+    ``shard_tokens=None`` sizes shards for the cluster the flow runs on (about four per worker
+    thread); the CLI passes the size it planned together with the cluster."""
     logger = get_run_logger()
     started = time.perf_counter()
+    if shard_tokens is None:
+        shard_tokens = _shard_tokens_for_cluster(input, mode)
+        logger.info("shard size %d tokens, chosen for %d worker threads", shard_tokens, _cluster_slots())
     settings = ScreenSettings(
         model=model,
         weights_dir=weights_dir,

@@ -7,6 +7,7 @@ catalog); 4 some shards failed (the others are written; a rerun retries them); 1
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -188,11 +189,11 @@ def screen(
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*).")] = FlagRule.min_inflation_factor,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = FlagRule.min_repeat_fraction,
-    shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode).")] = 4_000_000,
+    shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most 4,000,000.")] = None,
     mode: Annotated[str, typer.Option(help="exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl).")] = "exact",
     diagnostics: Annotated[bool, typer.Option(help="Copy-following index and null-corrected inflation for flagged sequences.")] = True,
-    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core).")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: a dask-cuda worker per GPU (needs plmscreen[gpu]).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core, fewer if memory cannot hold that many models or the input makes fewer shards; spare cores become torch threads).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: one worker per GPU (default with --device auto/cuda: every visible GPU).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
     catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
@@ -212,7 +213,7 @@ def screen(
     from screening.metrics import FlagRule
     from screening.model import ModelLoadError, resolve_checkpoint
     from screening.scoring import ScoringOptions
-    from screening.screen import ScreenSettings, run_screen
+    from screening.screen import TRIAGE_SHARD_SCALE, ScreenSettings, run_screen, shard_cost
 
     try:
         settings = ScreenSettings(
@@ -221,19 +222,42 @@ def screen(
             device=device,
             scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
             flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
-            shard_tokens=shard_tokens,
+            shard_tokens=shard_tokens or ScreenSettings.shard_tokens,
             mode=mode,
             diagnostics=diagnostics,
         )
         if not in_process:
-            from flows.clusters import task_runner
+            from flows.clusters import check_cluster_choice
 
-            runner = task_runner(workers, gpus, scheduler)
+            check_cluster_choice(workers, gpus, scheduler)
         # Input and model are checked here, before any cluster starts.
         contents = read_fasta(input)
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
-        resolve_checkpoint(model, settings.weights_dir)
+        _, checkpoint = resolve_checkpoint(model, settings.weights_dir)
+        torch_threads = None
+        if not in_process and scheduler:
+            from flows.clusters import task_runner
+
+            runner = task_runner(scheduler=scheduler)  # the flow sizes shards for that cluster's workers
+        elif not in_process:
+            from flows.clusters import plan_task_runner
+            from flows.resources import available_memory_bytes, cpu_cores, gpu_workers_for, plan_cluster, worker_memory_bytes
+
+            if device.startswith("cuda:"):
+                workers = workers or 1  # one named device: one model copy on it
+            gpus = gpu_workers_for(device, gpus, workers)
+            if device == "cuda" and not gpus and not workers:
+                raise ValueError("--device cuda was requested but torch sees no CUDA GPU")
+            cluster = plan_cluster(
+                [shard_cost(len(r.sequence)) for r in contents.records], cores=cpu_cores(),
+                memory_bytes=available_memory_bytes(), worker_bytes=worker_memory_bytes(checkpoint.stat().st_size),
+                gpus=gpus or 0, workers=workers, shard_tokens=shard_tokens,
+                budget_scale=TRIAGE_SHARD_SCALE if mode == "triage" else 1)
+            settings = dataclasses.replace(settings, shard_tokens=cluster.shard_tokens)
+            shard_tokens, torch_threads = cluster.shard_tokens, cluster.threads_per_worker
+            runner = plan_task_runner(cluster)
+            typer.echo(f"Cluster: {cluster.describe()}", err=True)
     except ValueError as exc:
         _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid." if isinstance(exc, InvalidFastaError) else str(exc), 2)
     except FileNotFoundError as exc:
@@ -246,13 +270,13 @@ def screen(
         from flows.screen import screen_proteome
 
         try:
-            with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress):
+            with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress and shard_tokens is not None):
                 summary = screen_proteome.with_options(task_runner=runner)(
                     input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
                     batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
                     shard_tokens=shard_tokens, min_inflation_factor=min_inflation_factor,
                     min_repeat_fraction=min_repeat_fraction, skip_invalid=skip_invalid, overwrite=overwrite,
-                    catalog_url=catalog, mode=mode, diagnostics=diagnostics,
+                    catalog_url=catalog, mode=mode, diagnostics=diagnostics, torch_threads=torch_threads,
                 )
         except CatalogError as exc:
             _fail(str(exc), 2)
