@@ -68,7 +68,8 @@ def _count_gpus() -> int:
     return count
 
 
-def gpu_worker_specs(n_gpus: int, threads_per_worker: int = 1, visible: str | None = None) -> dict:
+def gpu_worker_specs(n_gpus: int, threads_per_worker: int = 1, visible: str | None = None, env: dict | None = None,
+                     **options) -> dict:
     """SpecCluster worker specs: worker i is a nanny whose worker sees only GPU i of ``visible``
     (``CUDA_VISIBLE_DEVICES`` of this process, or 0..n-1)."""
     from distributed import Nanny
@@ -78,17 +79,19 @@ def gpu_worker_specs(n_gpus: int, threads_per_worker: int = 1, visible: str | No
     if len(devices) < n_gpus:
         raise ValueError(f"{n_gpus} GPU workers requested but only {len(devices)} devices are visible: {devices}")
     return {
-        f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": threads_per_worker, "env": {"CUDA_VISIBLE_DEVICES": devices[i]},
-                                                "dashboard_address": None}}
+        f"gpu-{i}": {"cls": Nanny, "options": {"nthreads": threads_per_worker, "dashboard_address": None, **options,
+                                                "env": {**(env or {}), "CUDA_VISIBLE_DEVICES": devices[i]}}}
         for i in range(n_gpus)
     }
 
 
-def pinned_gpu_cluster(n_workers: int, threads_per_worker: int = 1, **kwargs):
+def pinned_gpu_cluster(n_workers: int, threads_per_worker: int = 1, env: dict | None = None, preload=None, **kwargs):
     from distributed import Scheduler, SpecCluster
 
+    worker_options = {"preload": preload} if preload else {}
+    kwargs.pop("dashboard_address", None)
     with _without_nanny_malloc_trim():
-        return SpecCluster(workers=gpu_worker_specs(n_workers, threads_per_worker),
+        return SpecCluster(workers=gpu_worker_specs(n_workers, threads_per_worker, env=env, **worker_options),
                            scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, **kwargs)
 
 
@@ -151,6 +154,18 @@ def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: 
     if gpus:
         return gpu_task_runner(gpus)
     return cpu_task_runner(workers or default_workers())
+
+
+WORKER_PRELOAD = "flows.worker_preload"
+
+
+def start_planned_cluster(plan: ClusterPlan, env: dict | None = None):
+    """Start the local cluster a ``ClusterPlan`` describes, now (the CLI starts it while the
+    temporary Prefect server starts); ``env`` goes to every worker, including restarted ones."""
+    common = {"threads_per_worker": 1, "env": env or {}, "preload": [WORKER_PRELOAD], "dashboard_address": None}
+    if plan.gpus:
+        return local_gpu_cluster(plan.gpus, **common)
+    return local_cpu_cluster(n_workers=plan.workers, processes=True, **common)
 
 
 def plan_task_runner(plan: ClusterPlan) -> DaskTaskRunner:

@@ -139,6 +139,12 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
 
 
 @contextlib.contextmanager
+def _prefect_api_and_runner(runner):
+    with _prefect_api():
+        yield runner
+
+
+@contextlib.contextmanager
 def _prefect_api():
     """Use the configured Prefect server, or start a temporary one for this screen.
 
@@ -162,6 +168,60 @@ def _prefect_api():
             yield server.api_url
             _flush_api_logs()
     finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+@contextlib.contextmanager
+def _local_cluster_and_prefect_api(plan):
+    """Start the planned local Dask cluster and, when no Prefect API is configured, a temporary
+    Prefect server at the same time; yield a task runner on that cluster.
+
+    The server's port is chosen first so that every worker (restarted ones too, through the nanny's
+    env) knows its URL from the start; workers import torch and the scoring code while the server
+    boots (flows/worker_preload.py). Both used to start one after the other, the imports only
+    with the first shard."""
+    import os
+    import socket
+    import threading
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dask import DaskTaskRunner
+
+    from flows.clusters import start_planned_cluster
+
+    if PREFECT_API_URL.value():
+        with start_planned_cluster(plan) as cluster:
+            yield DaskTaskRunner(address=cluster.scheduler_address)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = SubprocessASGIServer(port=port)
+    failure: list[BaseException] = []
+
+    def start_server() -> None:
+        try:
+            server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(exc)
+
+    starting = threading.Thread(target=start_server, name="prefect-server-start", daemon=True)
+    starting.start()
+    try:
+        with start_planned_cluster(plan, env={"PREFECT_API_URL": server.api_url}) as cluster:
+            starting.join()
+            if failure:
+                raise failure[0]
+            os.environ["PREFECT_API_URL"] = server.api_url
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield DaskTaskRunner(address=cluster.scheduler_address)
+                _flush_api_logs()
+    finally:
+        starting.join()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
@@ -235,13 +295,12 @@ def screen(
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
         _, checkpoint = resolve_checkpoint(model, settings.weights_dir)
-        torch_threads = None
+        torch_threads, cluster = None, None
         if not in_process and scheduler:
             from flows.clusters import task_runner
 
             runner = task_runner(scheduler=scheduler)  # the flow sizes shards for that cluster's workers
         elif not in_process:
-            from flows.clusters import plan_task_runner
             from flows.resources import available_memory_bytes, cpu_cores, gpu_workers_for, plan_cluster, worker_memory_bytes
 
             if device.startswith("cuda:"):
@@ -256,7 +315,6 @@ def screen(
                 budget_scale=TRIAGE_SHARD_SCALE if mode == "triage" else 1)
             settings = dataclasses.replace(settings, shard_tokens=cluster.shard_tokens)
             shard_tokens, torch_threads = cluster.shard_tokens, cluster.threads_per_worker
-            runner = plan_task_runner(cluster)
             typer.echo(f"Cluster: {cluster.describe()}", err=True)
     except ValueError as exc:
         _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid." if isinstance(exc, InvalidFastaError) else str(exc), 2)
@@ -270,8 +328,9 @@ def screen(
         from flows.screen import screen_proteome
 
         try:
-            with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress and shard_tokens is not None):
-                summary = screen_proteome.with_options(task_runner=runner)(
+            orchestration = _prefect_api_and_runner(runner) if cluster is None else _local_cluster_and_prefect_api(cluster)
+            with orchestration as task_runner, _shard_progress(contents, settings, out, catalog, progress and shard_tokens is not None):
+                summary = screen_proteome.with_options(task_runner=task_runner)(
                     input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
                     batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
                     shard_tokens=shard_tokens, min_inflation_factor=min_inflation_factor,
