@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/plmscreen screen examples/sample.fasta --out $(DEMO_OUT) --model plmscreen-mini --shard-tokens 150000 --overwrite
+	$(BIN)/plmscreen screen examples/sample.fasta --out $(DEMO_OUT) --model plmscreen-mini --overwrite
 
 # pytest exits 5 when it collected no tests; make treats that as the failure it is.
 test: install

@@ -1,11 +1,16 @@
-"""Scaling and orchestration overhead of the screen-proteome flow: the same input with 1 and 2 workers.
+"""Scaling and orchestration overhead of the screen-proteome flow: the same input from 1 worker to all cores.
 
 For each worker count the flow runs on a fresh store against one temporary Prefect server; the
 script then reads every shard task's start and end from the Prefect API and each shard's
 compute time from the catalog (time inside ``process_shard``):
 - per-shard overhead = task duration - compute (Prefect task engine, Dask transfer, catalog);
 - fixed cost = flow wall time - task makespan (server round trips, cluster start and stop);
-- speed-up = wall(1 worker) / wall(N workers), and the same for the task makespan.
+- speed-up = wall(1 worker) / wall(N workers), and the same for the task makespan, each also
+  as a fraction of linear (N);
+- CPU seconds per residue: CPU of this process (flow, Dask scheduler and nannies) and of the
+  workers (reaped children), per scored residue; the temporary server's CPU is reported apart.
+Every worker count gets the same shards: the size the automatic plan picks for the most workers
+(about 4 shards per worker), so only the worker count changes.
 
     python bench/bench_flow_scaling.py --model plmscreen-mini --fasta examples/sample.fasta
 """
@@ -47,6 +52,28 @@ async def task_durations(flow_run_id) -> dict[str, float]:
     return out
 
 
+def server_cpu() -> float:
+    """CPU seconds so far of the temporary Prefect server (a uvicorn child of this process)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "uvicorn" in " ".join(child.cmdline()):
+                times = child.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def process_cpu() -> float:
+    import resource
+
+    self_, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_once(args, workers: int, store: Path) -> dict:
     from prefect import get_client  # noqa: F401  (imported so the server context is ready)
 
@@ -55,10 +82,11 @@ def run_once(args, workers: int, store: Path) -> dict:
     from schema.catalog import Catalog
 
     flow = screen_proteome.with_options(task_runner=task_runner(workers=workers))
-    started = time.perf_counter()
+    started, cpu_before, server_before = time.perf_counter(), process_cpu(), server_cpu()
     state = flow(input=str(args.fasta), store=str(store), model=args.model, device="cpu",
                  shard_tokens=args.shard_tokens, torch_threads=1, return_state=True)
     wall = time.perf_counter() - started
+    cpu, server = process_cpu() - cpu_before, server_cpu() - server_before
     summary = state.result()
     durations = asyncio.run(task_durations(state.state_details.flow_run_id))
     with Catalog.open(None, store) as catalog:
@@ -75,6 +103,10 @@ def run_once(args, workers: int, store: Path) -> dict:
         "mean_shard_overhead_s": sum(overheads) / len(overheads),
         "overhead_pct_of_compute": 100 * sum(overheads) / sum(compute.values()),
         "fixed_s": wall - sum(durations.values()) / workers,
+        "cpu_s": cpu,
+        "server_cpu_s": server,
+        "cpu_ms_per_residue": 1000 * cpu / summary["n_residues"],
+        "compute_ms_per_residue": 1000 * sum(compute.values()) / summary["n_residues"],
     }
 
 
@@ -82,10 +114,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path, default=REPO / "examples" / "sample.fasta")
     parser.add_argument("--model", default="plmscreen-mini")
-    parser.add_argument("--shard-tokens", type=int, default=150_000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--shard-tokens", type=int, help="default: the automatic plan's size for the most workers")
+    parser.add_argument("--workers", type=int, nargs="+", help="default: 1 up to all cores")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "flow_scaling")
     args = parser.parse_args()
+    from flows.resources import auto_shard_tokens, cpu_cores
+    from screening.fasta import read_fasta
+    from screening.screen import shard_cost
+
+    args.workers = args.workers or list(range(1, cpu_cores() + 1))
+    if args.shard_tokens is None:
+        costs = [shard_cost(len(r.sequence)) for r in read_fasta(args.fasta).records]
+        args.shard_tokens = auto_shard_tokens(costs, max(args.workers))
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -104,6 +144,8 @@ def main() -> None:
     for r in results:
         r["speedup_wall"] = base["wall_s"] / r["wall_s"]
         r["speedup_tasks"] = (base["task_s"] / base["workers"]) / (r["task_s"] / r["workers"])
+        r["speedup_wall_of_linear"] = r["speedup_wall"] / (r["workers"] / base["workers"])
+        r["speedup_tasks_of_linear"] = r["speedup_tasks"] / (r["workers"] / base["workers"])
     record = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "fasta": str(args.fasta), "model": args.model,
               "shard_tokens": args.shard_tokens, "results": results}
@@ -111,14 +153,17 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     lines = [f"# Flow scaling: {args.fasta.name}, {args.model}", "", f"Machine: {record['machine']}  ",
              f"Date: {record['date']}  ", f"Command: `{record['command']}`", "",
-             "| workers | shards | wall s | Σ compute s | mean shard compute s | mean shard overhead s | overhead % of compute | fixed s | speed-up (wall) | speed-up (tasks) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workers | shards | wall s | Σ compute s | mean shard compute s | mean shard overhead s | overhead % of compute | fixed s | CPU ms/residue | compute ms/residue | server CPU s | speed-up wall (of linear) | speed-up tasks (of linear) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['workers']} | {r['n_shards']} | {r['wall_s']:.1f} | {r['compute_s']:.1f} | {r['mean_shard_compute_s']:.2f} | "
                      f"{r['mean_shard_overhead_s']:.2f} | {r['overhead_pct_of_compute']:.1f} | {r['fixed_s']:.1f} | "
-                     f"{r['speedup_wall']:.2f} | {r['speedup_tasks']:.2f} |")
+                     f"{r['cpu_ms_per_residue']:.1f} | {r['compute_ms_per_residue']:.1f} | {r['server_cpu_s']:.1f} | "
+                     f"{r['speedup_wall']:.2f} ({r['speedup_wall_of_linear']:.2f}) | {r['speedup_tasks']:.2f} ({r['speedup_tasks_of_linear']:.2f}) |")
     lines += ["", "Overhead = Prefect task duration − time inside `process_shard` (from the catalog); fixed = wall − task time / workers "
-              "(temporary-server round trips, cluster start and stop). Speed-up (tasks) compares task time per worker."]
+              "(temporary-server round trips, cluster start and stop). Speed-up (tasks) compares task time per worker. "
+              "CPU ms/residue: this process (flow, scheduler, nannies) plus the workers, per scored residue; compute ms/residue: "
+              "time inside `process_shard` summed over shards."]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -19,14 +19,15 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import deployment
 
-from flows.clusters import task_runner
+from flows.clusters import restore_malloc_thresholds, task_runner
+from flows.resources import auto_shard_tokens
 from screening.errors import ClusterError
 from screening.metrics import FlagRule
 from screening.render import flagged_markdown
 from screening.store import StoreError, run_changes
 from screening.scoring import Scorer, ScoringOptions
-from screening.screen import (RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest, finalize_run,
-                              prepare_run, process_shard)
+from screening.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
+                              finalize_run, prepare_run, process_shard, shard_cost)
 
 SHARD_RETRIES = 2
 
@@ -41,8 +42,11 @@ WORKER_MODELS = ScorerCache(capacity=1)
 def worker_scorer(plan: RunPlan, torch_threads: int | None) -> Scorer:
     import torch
 
-    if torch_threads:
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1; the plan may give a worker more cores.
+    if torch_threads and torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
+    if not len(WORKER_MODELS):
+        restore_malloc_thresholds()  # once per worker process, before the model allocates anything
     return WORKER_MODELS.for_plan(plan)
 
 
@@ -72,6 +76,33 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
     return "\n".join(lines)
 
 
+def _cluster_slots() -> int:
+    """Worker threads of the Dask cluster this flow runs on (0 when not known yet, e.g. an
+    adaptive cluster with no worker up)."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if not isinstance(runner, DaskTaskRunner):
+        return 0
+    try:
+        return sum(runner.client.nthreads().values())
+    except Exception:  # noqa: BLE001 - without a count the fixed default applies
+        return 0
+
+
+def _shard_tokens_for_cluster(input: str, mode: str) -> int:
+    from flows.resources import MAX_SHARD_TOKENS
+    from screening.fasta import read_fasta
+
+    slots = _cluster_slots()
+    if not slots:
+        return MAX_SHARD_TOKENS
+    costs = [shard_cost(len(r.sequence)) for r in read_fasta(input).records]
+    return auto_shard_tokens(costs, slots, TRIAGE_SHARD_SCALE if mode == "triage" else 1)
+
+
 # Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
 def flow_run_name() -> str:
     """What the Prefect UI lists: 'screen sample.fasta · plmscreen-mini · exact'."""
@@ -93,7 +124,7 @@ def screen_proteome(
     batch_tokens: int | None = None,
     precision: str = "fp32",
     masks_per_copy: int = 1,
-    shard_tokens: int = 4_000_000,
+    shard_tokens: int | None = None,
     min_inflation_factor: float = FlagRule.min_inflation_factor,
     min_repeat_fraction: float = FlagRule.min_repeat_fraction,
     skip_invalid: bool = False,
@@ -103,9 +134,15 @@ def screen_proteome(
     mode: str = "exact",
     diagnostics: bool = True,
 ) -> dict:
-    """Screen ``input`` into ``store``; rerunning the same screen resumes it."""
+    """Screen ``input`` into ``store``; rerunning the same screen resumes it.
+
+    ``shard_tokens=None`` sizes shards for the cluster the flow runs on (about four per worker
+    thread); the CLI passes the size it planned together with the cluster."""
     logger = get_run_logger()
     started = time.perf_counter()
+    if shard_tokens is None:
+        shard_tokens = _shard_tokens_for_cluster(input, mode)
+        logger.info("shard size %d tokens, chosen for %d worker threads", shard_tokens, _cluster_slots())
     settings = ScreenSettings(
         model=model,
         weights_dir=weights_dir,

@@ -5,6 +5,7 @@ the exit codes are defined with the errors, in ``screening.errors``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -120,6 +121,12 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
 
 
 @contextlib.contextmanager
+def _prefect_api_and_runner(runner):
+    with _prefect_api():
+        yield runner
+
+
+@contextlib.contextmanager
 def _prefect_api():
     """Use the configured Prefect server, or start a temporary one for this screen.
 
@@ -149,6 +156,60 @@ def _prefect_api():
         server.stop()
 
 
+@contextlib.contextmanager
+def _local_cluster_and_prefect_api(plan):
+    """Start the planned local Dask cluster and, when no Prefect API is configured, a temporary
+    Prefect server at the same time; yield a task runner on that cluster.
+
+    The server's port is chosen first so that every worker (restarted ones too, through the nanny's
+    env) knows its URL from the start; workers import torch and the scoring code while the server
+    boots (flows/worker_preload.py). Both used to start one after the other, the imports only
+    with the first shard."""
+    import os
+    import socket
+    import threading
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dask import DaskTaskRunner
+
+    from flows.clusters import start_planned_cluster
+
+    if PREFECT_API_URL.value():
+        with start_planned_cluster(plan) as cluster:
+            yield DaskTaskRunner(address=cluster.scheduler_address)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = SubprocessASGIServer(port=port)
+    failure: list[BaseException] = []
+
+    def start_server() -> None:
+        try:
+            server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            failure.append(exc)
+
+    starting = threading.Thread(target=start_server, name="prefect-server-start", daemon=True)
+    starting.start()
+    try:
+        with start_planned_cluster(plan, env={"PREFECT_API_URL": server.api_url}) as cluster:
+            starting.join()
+            if failure:
+                raise failure[0]
+            os.environ["PREFECT_API_URL"] = server.api_url
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield DaskTaskRunner(address=cluster.scheduler_address)
+                _flush_api_logs()
+    finally:
+        starting.join()
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def _flush_api_logs() -> None:
     """Send the flow's queued log records while the temporary server still runs; otherwise the
     log worker retries them at exit and prints 'Error logging to API' after the results."""
@@ -172,11 +233,11 @@ def screen(
     masks_per_copy: Annotated[int, typer.Option(help=">1: approximate, several far-apart positions masked per copy.")] = 1,
     min_inflation_factor: Annotated[float, typer.Option(help="Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*).")] = FlagRule.min_inflation_factor,
     min_repeat_fraction: Annotated[float, typer.Option(help="Flag rule: fraction of residues with partners at least this.")] = FlagRule.min_repeat_fraction,
-    shard_tokens: Annotated[int, typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode).")] = 4_000_000,
+    shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most 4,000,000.")] = None,
     mode: Annotated[str, typer.Option(help="exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl).")] = "exact",
     diagnostics: Annotated[bool, typer.Option(help="Copy-following index and null-corrected inflation for flagged sequences.")] = True,
-    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core).")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: a dask-cuda worker per GPU (needs plmscreen[gpu]).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core, fewer if memory cannot hold that many models or the input makes fewer shards; spare cores become torch threads).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: one worker per GPU (default with --device auto/cuda: every visible GPU).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
     catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
@@ -195,7 +256,7 @@ def screen(
     from screening.metrics import FlagRule
     from screening.model import check_checkpoint, resolve_checkpoint
     from screening.scoring import ScoringOptions
-    from screening.screen import ScreenSettings, run_screen
+    from screening.screen import TRIAGE_SHARD_SCALE, ScreenSettings, run_screen, shard_cost
 
     try:
         settings = ScreenSettings(
@@ -204,20 +265,42 @@ def screen(
             device=device,
             scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
             flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
-            shard_tokens=shard_tokens,
+            shard_tokens=shard_tokens or ScreenSettings.shard_tokens,
             mode=mode,
             diagnostics=diagnostics,
         )
         if not in_process:
-            from flows.clusters import task_runner
+            from flows.clusters import check_cluster_choice
 
-            runner = task_runner(workers, gpus, scheduler)
+            check_cluster_choice(workers, gpus, scheduler)
         # Input and model are checked here, before any cluster starts.
         contents = read_fasta(input)
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
+        _, checkpoint = resolve_checkpoint(model, settings.weights_dir)
         # The layout is read through a memory map: the CLI never holds the model's weights.
-        check_checkpoint(resolve_checkpoint(model, settings.weights_dir)[1])
+        check_checkpoint(checkpoint)
+        torch_threads, cluster = None, None
+        if not in_process and scheduler:
+            from flows.clusters import task_runner
+
+            runner = task_runner(scheduler=scheduler)  # the flow sizes shards for that cluster's workers
+        elif not in_process:
+            from flows.resources import available_memory_bytes, cpu_cores, gpu_workers_for, plan_cluster, worker_memory_bytes
+
+            if device.startswith("cuda:"):
+                workers = workers or 1  # one named device: one model copy on it
+            gpus = gpu_workers_for(device, gpus, workers)
+            if device == "cuda" and not gpus and not workers:
+                raise ValueError("--device cuda was requested but torch sees no CUDA GPU")
+            cluster = plan_cluster(
+                [shard_cost(len(r.sequence)) for r in contents.records], cores=cpu_cores(),
+                memory_bytes=available_memory_bytes(), worker_bytes=worker_memory_bytes(checkpoint.stat().st_size),
+                gpus=gpus or 0, workers=workers, shard_tokens=shard_tokens,
+                budget_scale=TRIAGE_SHARD_SCALE if mode == "triage" else 1)
+            settings = dataclasses.replace(settings, shard_tokens=cluster.shard_tokens)
+            shard_tokens, torch_threads = cluster.shard_tokens, cluster.threads_per_worker
+            typer.echo(f"Cluster: {cluster.describe()}", err=True)
     except InvalidFastaError as exc:
         _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
     except PlmscreenError as exc:
@@ -230,13 +313,14 @@ def screen(
         from flows.screen import screen_proteome
 
         try:
-            with _prefect_api(), _shard_progress(contents, settings, out, catalog, progress):
-                summary = screen_proteome.with_options(task_runner=runner)(
+            orchestration = _prefect_api_and_runner(runner) if cluster is None else _local_cluster_and_prefect_api(cluster)
+            with orchestration as task_runner, _shard_progress(contents, settings, out, catalog, progress):
+                summary = screen_proteome.with_options(task_runner=task_runner)(
                     input=str(input), store=str(out), model=model, weights_dir=settings.weights_dir, device=device,
                     batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy,
                     shard_tokens=shard_tokens, min_inflation_factor=min_inflation_factor,
                     min_repeat_fraction=min_repeat_fraction, skip_invalid=skip_invalid, overwrite=overwrite,
-                    catalog_url=catalog, mode=mode, diagnostics=diagnostics,
+                    catalog_url=catalog, mode=mode, diagnostics=diagnostics, torch_threads=torch_threads,
                 )
         except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
             _fail(str(exc), exc.exit_code)

@@ -264,15 +264,20 @@ def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
 
 def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int) -> list[tuple[int, int]]:
     """Consecutive record ranges (first, last; 0-based inclusive) of about ``shard_tokens`` cost each."""
+    return plan_cost_ranges([shard_cost(len(record.sequence)) for record in records], shard_tokens)
+
+
+def plan_cost_ranges(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges whose costs add up to at most ``budget`` (a single larger item alone)."""
     shards: list[tuple[int, int]] = []
-    first, cost = 0, 0
-    for index, record in enumerate(records):
-        if index > first and cost + shard_cost(len(record.sequence)) > shard_tokens:
+    first, total = 0, 0
+    for index, cost in enumerate(costs):
+        if index > first and total + cost > budget:
             shards.append((first, index - 1))
-            first, cost = index, 0
-        cost += shard_cost(len(record.sequence))
-    if records:
-        shards.append((first, len(records) - 1))
+            first, total = index, 0
+        total += cost
+    if costs:
+        shards.append((first, len(costs) - 1))
     return shards
 
 

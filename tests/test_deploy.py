@@ -20,14 +20,12 @@ def test_existing_scheduler_address_is_used_as_is():
     assert task_runner(scheduler="tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
 
 
-def test_gpu_runner_needs_dask_cuda_only_when_started():
-    runner = task_runner(gpus=2)  # building it must not import dask_cuda
+def test_gpu_runner_builds_without_dask_cuda():
+    import sys
+
+    runner = task_runner(gpus=2)  # building it must not import dask_cuda (or touch CUDA)
     assert runner.cluster_kwargs == {"threads_per_worker": 1, "n_workers": 2}
-    try:
-        import dask_cuda  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="plmscreen\\[gpu\\]"):
-            runner.resolved_cluster_class()
+    assert "dask_cuda" not in sys.modules
 
 
 def test_slurm_spec_writes_a_one_gpu_one_task_job_script():

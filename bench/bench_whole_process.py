@@ -1,0 +1,323 @@
+"""Whole-process benchmark: the naive loop, ``plmscreen screen --in-process`` and the default
+``plmscreen screen`` (Prefect flow, local Dask cluster) side by side, on the same proteins, each as
+a fresh process timed from start to exit.
+
+For each size (number of proteins) the script picks the first proteins in a length range from a
+FASTA file, writes a random-weight ESM-2 checkpoint of the size's architecture (fair-esm format),
+then runs, in turn, for ``--rounds`` rounds:
+- naive: fair-esm's stock ``model(tokens)["logits"]``, batch 1, one masked copy per residue plus one
+  unmasked forward per protein, all cores as torch threads (``bench_scoring.naive_scores``);
+- in-process: ``plmscreen screen FASTA --in-process`` (repeat detection, scoring, Parquet, catalog);
+- default: ``plmscreen screen FASTA`` with its defaults (cluster plan printed by the CLI).
+It records each process's wall time, the screen's own reported seconds (run set-up to summary,
+without process start-up), and for the default path the CPU seconds of the orchestration
+processes (the CLI/flow process, which also hosts the Dask scheduler and nannies, and the temporary
+Prefect server) against the workers'. Ratios come from the same run. It checks that in-process and
+default wrote the same pppl for every protein.
+
+    python bench/bench_whole_process.py --fasta ecoli.fasta --sizes 6 60 600
+    python bench/bench_whole_process.py --fasta ecoli.fasta --sizes 6 --baseline-src /path/to/old/checkout
+
+``--baseline-src`` also times the default path of another plmscreen source tree (PYTHONPATH put in
+front), for a before/after in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+# Per size: architecture (layers, width, heads) and protein length range, chosen so that the naive
+# loop at each size runs in a few minutes on 2 cores.
+SIZES = {
+    6: {"arch": (6, 320, 20), "arch_name": "esm2_t6_8M", "min_len": 150, "max_len": 200},
+    60: {"arch": (2, 64, 4), "arch_name": "esm2_t2_64d", "min_len": 50, "max_len": 80},
+    # The naive loop runs on every 10th protein and is extrapolated (its cost is a sum over proteins).
+    600: {"arch": (2, 64, 4), "arch_name": "esm2_t2_64d", "min_len": 30, "max_len": 120, "naive_every": 10},
+}
+
+
+def write_checkpoint(layers: int, dim: int, heads: int, path: Path, seed: int = 0) -> Path:
+    import argparse as ap
+
+    import esm
+    import torch
+    from esm.model.esm2 import ESM2
+
+    torch.manual_seed(seed)
+    model = ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
+                 alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
+    cfg = ap.Namespace(encoder_layers=layers, encoder_embed_dim=dim, encoder_attention_heads=heads, token_dropout=True)
+    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items() if not k.startswith("contact_head")}
+    torch.save({"cfg": {"model": cfg}, "model": state}, path)
+    return path
+
+
+def naive_main(checkpoint: str, fasta: str) -> None:
+    """The naive loop as its own process (``--naive-worker``)."""
+    import torch
+
+    from bench_scoring import naive_scores, read_fasta
+    from screening.model import load_model
+    from flows.resources import cpu_cores
+
+    torch.set_num_threads(cpu_cores())
+    loaded = load_model(checkpoint, device="cpu")
+    started = time.perf_counter()
+    naive_scores(loaded.model, loaded.alphabet, [s for _, s in read_fasta(Path(fasta))], torch.device("cpu"))
+    print(f"NAIVE_LOOP_S {time.perf_counter() - started:.3f}")
+
+
+class CpuSampler:
+    """CPU seconds of every process in a process tree, by role, sampled until the root exits."""
+
+    def __init__(self, root_pid: int):
+        self.root_pid = root_pid
+        self.last: dict[int, tuple[str, float]] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def role(proc, root_pid: int) -> str:
+        if proc.pid == root_pid:
+            return "flow"
+        cmd = " ".join(proc.cmdline())
+        if "uvicorn" in cmd:
+            return "prefect_server"
+        return "workers"  # Dask worker processes (and multiprocessing's resource tracker)
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                self.last[proc.pid] = (self.role(proc, self.root_pid), times.user + times.system)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+    def _run(self) -> None:
+        import psutil
+
+        while psutil.pid_exists(self.root_pid):
+            self._sample()
+            time.sleep(0.25)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def totals(self) -> dict[str, float]:
+        self.thread.join(timeout=5)
+        out: dict[str, float] = {}
+        for role, cpu in self.last.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return out
+
+
+def timed(cmd: list[str], env: dict, sample_cpu: bool = True, cwd: Path | None = None) -> dict:
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    sampler = CpuSampler(proc.pid).start() if sample_cpu else None
+    output, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}")
+    result = {"wall_s": wall, "loadavg_1min_before_after": [load_before, os.getloadavg()[0]]}
+    screened = re.search(r"Screened \d+ sequences \((\d+) residues\).* in ([\d.]+) s", output)
+    if screened:
+        result["n_residues"], result["screen_s"] = int(screened.group(1)), float(screened.group(2))
+    loop = re.search(r"NAIVE_LOOP_S ([\d.]+)", output)
+    if loop:
+        result["loop_s"] = float(loop.group(1))
+    plan = re.search(r"Cluster: (.*)", output)
+    if plan:
+        result["cluster"] = plan.group(1).strip()
+    if sampler is not None:
+        # The sampler reads the flow process while it runs; a last read of its (exited) children is not
+        # possible, so worker CPU is a lower bound by at most one 0.25 s sample.
+        result["cpu_s"] = sampler.totals()
+        result["cpu_total_s"] = sum(result["cpu_s"].values())
+    return result
+
+
+def extrapolated(naive: dict, every: int) -> dict:
+    """The naive loop run on every ``every``-th protein: its loop time scaled up, start-up as measured."""
+    if every == 1:
+        return naive
+    measured = dict(naive)
+    startup = naive["wall_s"] - naive["loop_s"]
+    return {**naive, "measured": measured, "extrapolated_from_every": every,
+            "wall_s": startup + every * naive["loop_s"], "cpu_total_s": every * naive["cpu_total_s"]}
+
+
+def pppl_by_id(store: Path) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    rows = [r for f in sorted(store.glob("sequences/model=*/run=*/part-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return {r["seq_id"]: r["pppl"] for r in rows}
+
+
+def machine() -> dict:
+    import platform
+
+    from bench_scoring import cpu_model
+    from flows.resources import cpu_cores
+
+    return {"cpu_model": cpu_model(), "cores": cpu_cores(), "python": platform.python_version(),
+            "platform": platform.platform(), "hostname": platform.node()}
+
+
+def run_size(args, size: int, work: Path) -> dict:
+    from bench_scoring import pick_proteins
+
+    spec = dict(SIZES[size])
+    if args.smoke:  # a quick check that the script runs end to end, not a measurement
+        spec.update(arch=(2, 32, 4), arch_name="esm2_t2_32d", min_len=20, max_len=40)
+    proteins = pick_proteins(args.fasta, size, spec["min_len"], spec["max_len"])
+    if len(proteins) < size:
+        raise SystemExit(f"only {len(proteins)} proteins of {spec['min_len']}-{spec['max_len']} residues in {args.fasta}")
+    fasta = work / f"proteins-{size}.fasta"
+    fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in proteins))
+    every = spec.get("naive_every", 1)
+    naive_fasta = work / f"naive-{size}.fasta"
+    naive_fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in proteins[::every]))
+    checkpoint = write_checkpoint(*spec["arch"], work / f"{spec['arch_name']}_random_seed0.pt")
+    env = {**os.environ, "PLMSCREEN_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    python = sys.executable
+    screen = [python, "-m", "screening.cli", "screen", str(fasta), "--model", str(checkpoint), "--no-progress", "--overwrite"]
+    modes = {
+        "naive": lambda r: extrapolated(timed([python, __file__, "--naive-worker", str(checkpoint), str(naive_fasta)], env), every),
+        "in_process": lambda r: timed([*screen, "--out", str(work / f"inproc-{size}"), "--in-process"], env),
+        "default": lambda r: timed([*screen, "--out", str(work / f"default-{size}")], env),
+    }
+    if args.baseline_src:
+        base_env = {**env, "PYTHONPATH": f"{args.baseline_src}{os.pathsep}{env.get('PYTHONPATH', '')}"}
+        # ``python -m`` puts the working directory first on sys.path: run from the baseline tree.
+        modes["default_baseline"] = lambda r: timed([*screen, "--out", str(work / f"baseline-{size}")], base_env,
+                                                    cwd=args.baseline_src)
+    skip = set(args.skip)
+    rounds: dict[str, list[dict]] = {m: [] for m in modes if m not in skip}
+    for r in range(args.rounds):
+        for name in rounds:
+            rounds[name].append(modes[name](r))
+            print(json.dumps({"size": size, "round": r, "mode": name, **rounds[name][-1]}), flush=True)
+    best = {name: min(runs, key=lambda x: x["wall_s"]) for name, runs in rounds.items()}
+    out = {"size": size, "naive_every": every, "arch": spec["arch_name"], "layers_dim_heads": spec["arch"],
+           "min_len": spec["min_len"], "max_len": spec["max_len"], "n_residues": sum(len(s) for _, s in proteins),
+           "best": best, "rounds": rounds}
+    d = best["default"]
+    cpu = d.get("cpu_s", {})
+    orchestration = cpu.get("flow", 0.0) + cpu.get("prefect_server", 0.0)
+    out["orchestration_cpu_s"] = orchestration
+    out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (d["wall_s"] * machine()["cores"])
+    if "default_baseline" in best:
+        out["default_baseline_wall_vs_default"] = best["default_baseline"]["wall_s"] / d["wall_s"]
+    if "in_process" not in best:  # --skip in_process: a start-up or before/after run
+        return out
+    inproc, default = pppl_by_id(work / f"inproc-{size}"), pppl_by_id(work / f"default-{size}")
+    # Thread counts differ (in-process: all cores in one process; default: per-worker threads), so
+    # float32 sums differ in order: ~1e-6 relative in pppl. 1e-4 is the project's exactness bound.
+    max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
+    out["same_pppl_in_process_vs_default"] = sorted(inproc) == sorted(default) and max_rel < 1e-4
+    out["max_rel_pppl_diff_in_process_vs_default"] = max_rel
+    if "naive" in best:
+        out["default_speedup_vs_naive"] = best["naive"]["wall_s"] / d["wall_s"]
+        out["in_process_speedup_vs_naive"] = best["naive"]["wall_s"] / best["in_process"]["wall_s"]
+    out["default_wall_vs_in_process"] = d["wall_s"] / best["in_process"]["wall_s"]
+    out["default_screen_vs_in_process_screen"] = d["screen_s"] / best["in_process"]["screen_s"]
+    return out
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [f"# Whole-process benchmark: naive loop, --in-process and the default screen", "",
+             f"Machine: {m['cpu_model']}, {m['cores']} cores ({m['hostname']}, {m['platform']})  ",
+             f"Date: {record['date']}  ", f"Command: `{record['command']}`  ",
+             f"Proteins: the first N of each length range in `{Path(record['fasta']).name}`; random-weight ESM-2 checkpoints "
+             "(fair-esm's init) written by the script.", "",
+             "| proteins | arch | lengths | residues | naive s | in-process s | default s | default vs naive | default / in-process (wall) | screen s: in-process, default | orchestration CPU % of machine | cluster plan | same pppl (max rel. diff) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
+    for r in (r for r in record["results"] if "in_process" in r["best"]):
+        b = r["best"]
+        naive = b.get("naive", {}).get("wall_s")
+        naive_text = (f"{naive:.1f}" + (f" (extrapolated from every {r['naive_every']}th protein)" if r.get("naive_every", 1) > 1 else "")) if naive else "-"
+        speedup = f"{r['default_speedup_vs_naive']:.2f}x" if "default_speedup_vs_naive" in r else "-"
+        lines.append(
+            f"| {r['size']} | {r['arch']} | {r['min_len']}-{r['max_len']} | {r['n_residues']} | {naive_text} | "
+            f"{b['in_process']['wall_s']:.1f} | {b['default']['wall_s']:.1f} | {speedup} | {r['default_wall_vs_in_process']:.2f} | "
+            f"{b['in_process']['screen_s']:.1f}, {b['default']['screen_s']:.1f} | "
+            f"{r['orchestration_cpu_pct_of_machine']:.1f} | {b['default'].get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
+    lines += ["", "CPU seconds of each whole process tree (user + system; robust to other load on a shared machine, unlike wall time):", "",
+              "| proteins | naive CPU s | in-process CPU s | default CPU s (flow+scheduler, server, workers) | default / in-process CPU | 1-min load average during the runs |",
+              "|---:|---:|---:|---|---:|---|"]
+    for r in (r for r in record["results"] if "in_process" in r["best"]):
+        b = r["best"]
+        d = b["default"]["cpu_s"]
+        naive_cpu = f"{b['naive']['cpu_total_s']:.1f}" if "naive" in b else "-"
+        loads = ", ".join(f"{name} {b[name]['loadavg_1min_before_after'][0]:.1f}-{b[name]['loadavg_1min_before_after'][1]:.1f}" for name in b)
+        lines.append(f"| {r['size']} | {naive_cpu} | {b['in_process']['cpu_total_s']:.1f} | {b['default']['cpu_total_s']:.1f} "
+                     f"({d.get('flow', 0):.1f}, {d.get('prefect_server', 0):.1f}, {d.get('workers', 0):.1f}) | "
+                     f"{b['default']['cpu_total_s'] / b['in_process']['cpu_total_s']:.2f} | {loads} |")
+    if any("default_baseline" in r["best"] for r in record["results"]):
+        lines += ["", "Before/after (default path of `--baseline-src`, same run):", "",
+                  "| proteins | baseline default s | default s | baseline / default |", "|---:|---:|---:|---:|"]
+        for r in record["results"]:
+            if "default_baseline" in r["best"]:
+                lines.append(f"| {r['size']} | {r['best']['default_baseline']['wall_s']:.1f} | {r['best']['default']['wall_s']:.1f} | "
+                             f"{r['default_baseline_wall_vs_default']:.2f} |")
+    lines += ["", "Wall times are whole processes (start to exit), best of the rounds. *screen s* is what the screen "
+              "itself reports (run set-up to summary, without interpreter start-up, cluster and server start and stop). "
+              "Orchestration CPU = CPU seconds of the CLI/flow process (which also hosts the Dask scheduler and nannies) "
+              "and the temporary Prefect server, over cores × wall of the default run."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
+        naive_main(sys.argv[2], sys.argv[3])
+        return
+    from bench_scoring import DEFAULT_FASTA
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA, help="proteins to pick from (default: the E. coli proteome under shared/)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[6, 60, 600], choices=sorted(SIZES))
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "in_process"], help="modes not to run")
+    parser.add_argument("--smoke", action="store_true", help="tiny model and short proteins at every size: checks the script runs")
+    parser.add_argument("--baseline-src", type=Path, help="another plmscreen checkout whose default path is timed too")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "whole_process")
+    args = parser.parse_args()
+    record = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", *sys.argv]), "fasta": str(args.fasta), "results": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="plmscreen-whole-") as tmp:
+        for size in args.sizes:
+            record["results"].append(run_size(args, size, Path(tmp)))
+            # Written after every size, so a later size's failure keeps what was measured.
+            args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+            args.out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""How many workers, threads and shards a screen gets on this machine: the whole machine, whatever the input.
+
+The rule (``plan_cluster``):
+- GPUs (``--device auto`` with CUDA visible, ``--device cuda`` or ``--gpus N``): one worker per GPU,
+  each pinned to its own device, one shard at a time.
+- CPU: one single-threaded worker per core, fewer when memory cannot hold that many copies of the
+  model (``worker_memory_bytes``: each worker process holds its own model and activations).
+- Shards: the input is cut into about ``SHARDS_PER_SLOT`` shards per worker so every worker stays
+  busy to the end, but never above ``MAX_SHARD_TOKENS`` (a shard is also the unit of resume).
+- When the input cannot make as many shards as there are workers (fewer sequences than cores), the
+  cluster starts only as many workers as there are shards and gives each the cores left over as
+  torch threads, so cores do not idle.
+
+Pure functions of (sequence costs, cores, memory, GPUs): tests check the plan for any machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from screening.screen import plan_cost_ranges
+
+# Enough shards per worker that the last ones are short next to the whole (Dask hands the next
+# shard to whichever worker frees first), few enough that per-shard work (Prefect task run,
+# Parquet files, catalog) stays small.
+SHARDS_PER_SLOT = 4
+# A shard is also what a crashed screen redoes; the old fixed default keeps that bounded.
+MAX_SHARD_TOKENS = 4_000_000
+# One worker process without its model: Python, torch, Prefect and Dask imported (~0.5 GiB RSS
+# measured), plus batch activations at the default 4096-token batch budget.
+WORKER_BASE_BYTES = 1 << 30
+# The share of available memory the workers may take together.
+MEMORY_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    workers: int
+    threads_per_worker: int  # torch threads in each worker
+    shard_tokens: int  # shard cost budget (exact-mode Σ L·min(L, 1022)) passed to the screen
+    n_shards: int
+    gpus: int = 0  # 0: CPU workers; else one worker per GPU, CUDA_VISIBLE_DEVICES = its index
+    reason: str = ""
+
+    def describe(self) -> str:
+        kind = f"{self.workers} GPU worker{'s' if self.workers != 1 else ''}" if self.gpus else \
+            f"{self.workers} worker{'s' if self.workers != 1 else ''} x {self.threads_per_worker} thread{'s' if self.threads_per_worker != 1 else ''}"
+        return f"{kind}, {self.n_shards} shard{'s' if self.n_shards != 1 else ''} ({self.reason})"
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, e.g. under taskset or a cgroup cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def available_memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def visible_gpus() -> int:
+    """CUDA devices torch sees, without creating a CUDA context in this (the flow's) process."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_memory_bytes(checkpoint_bytes: int) -> int:
+    """What one CPU worker needs: the checkpoint is read in full and then copied into the model (2x)."""
+    return WORKER_BASE_BYTES + 2 * checkpoint_bytes
+
+
+def auto_shard_tokens(costs: Sequence[int], slots: int, budget_scale: int = 1) -> int:
+    """The shard budget that gives about ``SHARDS_PER_SLOT`` shards per worker slot.
+
+    ``budget_scale`` is the factor the screen multiplies the budget by (8 in triage mode), divided
+    out here so the shard count does not depend on the mode."""
+    total = sum(costs)
+    if total == 0:
+        return MAX_SHARD_TOKENS
+    budget = math.ceil(total / (SHARDS_PER_SLOT * max(1, slots)))
+    return max(1, min(MAX_SHARD_TOKENS, math.ceil(budget / budget_scale)))
+
+
+def plan_cluster(
+    costs: Sequence[int],
+    *,
+    cores: int,
+    memory_bytes: int,
+    worker_bytes: int,
+    gpus: int = 0,
+    workers: int | None = None,
+    shard_tokens: int | None = None,
+    budget_scale: int = 1,
+) -> ClusterPlan:
+    """Workers, threads per worker and shard size for sequences of these scoring ``costs``.
+
+    ``workers`` / ``shard_tokens`` are the user's explicit choices and are kept as given."""
+    cores = max(1, cores)
+    if gpus:
+        most, why = gpus, f"one worker per GPU, {gpus} GPU{'s' if gpus != 1 else ''}"
+    elif workers:
+        most, why = workers, f"--workers {workers}"
+    else:
+        fit = max(1, int(memory_bytes * MEMORY_FRACTION) // max(1, worker_bytes))
+        most = min(cores, fit)
+        why = f"{cores} cores" if most == cores else \
+            f"{cores} cores, memory for {fit} model copies of {worker_bytes / 2**30:.1f} GiB"
+    chosen_tokens = shard_tokens or auto_shard_tokens(costs, most, budget_scale)
+    n_shards = len(plan_cost_ranges(costs, chosen_tokens * budget_scale))
+    used = max(1, min(most, n_shards))
+    if used < most:
+        why += f"; {n_shards} shard{'s' if n_shards != 1 else ''} possible"
+    if gpus:
+        threads = 1
+    else:
+        threads = max(1, cores // used) if not workers else max(1, cores // workers)
+    return ClusterPlan(workers=used, threads_per_worker=threads, shard_tokens=chosen_tokens, n_shards=n_shards,
+                       gpus=used if gpus else 0, reason=why)
+
+
+def gpu_workers_for(device: str, gpus: int | None, workers: int | None) -> int:
+    """How many GPU workers a local screen starts: ``--gpus N`` as given; with ``--device auto`` or
+    ``cuda`` and no ``--workers``, every visible GPU; otherwise none (CPU workers)."""
+    if gpus:
+        return gpus
+    if workers or device == "cpu" or device.startswith("cuda:"):
+        return 0
+    return visible_gpus()

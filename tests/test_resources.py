@@ -1,0 +1,184 @@
+"""The automatic cluster plan: workers, torch threads and shards for any machine and input; GPU
+nodes simulated by patching torch.cuda; Dask workers started without the nanny's malloc setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flows.resources import (
+    MAX_SHARD_TOKENS,
+    SHARDS_PER_SLOT,
+    gpu_workers_for,
+    plan_cluster,
+    visible_gpus,
+    worker_memory_bytes,
+)
+from screening.screen import TRIAGE_SHARD_SCALE, plan_cost_ranges, shard_cost
+
+GiB = 1 << 30
+PLENTY = 1 << 40
+
+
+def costs(lengths):
+    return [shard_cost(n) for n in lengths]
+
+
+def plan(lengths, cores, **kwargs):
+    kwargs.setdefault("memory_bytes", PLENTY)
+    kwargs.setdefault("worker_bytes", GiB)
+    return plan_cluster(costs(lengths), cores=cores, **kwargs)
+
+
+def test_small_input_is_cut_into_at_least_one_shard_per_core():
+    # The issue's case: six ~250-residue proteins on 2 cores made one shard at the old fixed size.
+    p = plan([250, 240, 260, 255, 245, 250], cores=2)
+    assert (p.workers, p.threads_per_worker, p.gpus) == (2, 1, 0)
+    assert p.n_shards == 6 >= p.workers
+    assert len(plan_cost_ranges(costs([250, 240, 260, 255, 245, 250]), p.shard_tokens)) == p.n_shards
+
+
+def test_fewer_sequences_than_cores_gives_the_spare_cores_to_torch_threads():
+    one = plan([300], cores=2)
+    assert (one.workers, one.threads_per_worker, one.n_shards) == (1, 2, 1)
+    three = plan([300, 200, 250], cores=16)
+    assert (three.workers, three.threads_per_worker, three.n_shards) == (3, 5, 3)
+
+
+def test_large_input_gives_every_core_several_shards_of_bounded_size():
+    lengths = [100 + (37 * i) % 400 for i in range(600)]
+    p = plan(lengths, cores=16)
+    assert (p.workers, p.threads_per_worker) == (16, 1)
+    assert SHARDS_PER_SLOT * 16 <= p.n_shards <= 2 * SHARDS_PER_SLOT * 16
+    huge = plan([1000] * 20_000, cores=2)
+    assert huge.shard_tokens == MAX_SHARD_TOKENS and huge.n_shards > 2 * SHARDS_PER_SLOT
+
+
+def test_workers_are_limited_by_memory_and_the_cores_go_to_threads():
+    checkpoint = int(2.6 * GiB)  # esm2_t33_650M
+    per_worker = worker_memory_bytes(checkpoint)
+    assert per_worker > 2 * checkpoint
+    p = plan([300] * 400, cores=16, memory_bytes=int(4.5 * per_worker / 0.8), worker_bytes=per_worker)
+    assert (p.workers, p.threads_per_worker) == (4, 4)
+    assert "memory" in p.reason
+    starved = plan([300] * 400, cores=16, memory_bytes=GiB, worker_bytes=per_worker)
+    assert (starved.workers, starved.threads_per_worker) == (1, 16)
+
+
+def test_explicit_choices_are_kept():
+    p = plan([250] * 12, cores=2, workers=1, shard_tokens=10**9)
+    assert (p.workers, p.threads_per_worker, p.shard_tokens, p.n_shards) == (1, 2, 10**9, 1)
+    p = plan([250] * 12, cores=2, workers=4)
+    assert (p.workers, p.threads_per_worker) == (4, 1)
+
+
+def test_triage_shards_count_the_same_as_exact_ones():
+    lengths = [200 + i for i in range(100)]
+    exact = plan(lengths, cores=4)
+    triage = plan(lengths, cores=4, budget_scale=TRIAGE_SHARD_SCALE)
+    assert triage.n_shards == exact.n_shards >= 4
+    assert triage.shard_tokens * TRIAGE_SHARD_SCALE >= exact.shard_tokens
+
+
+def simulate_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_device_auto_on_a_gpu_node_means_one_worker_per_visible_gpu(monkeypatch):
+    simulate_gpus(monkeypatch, 4)
+    assert visible_gpus() == 4
+    gpus = gpu_workers_for("auto", None, None)
+    p = plan([300] * 200, cores=64, gpus=gpus)
+    assert (p.workers, p.gpus, p.threads_per_worker) == (4, 4, 1)
+    assert p.n_shards >= SHARDS_PER_SLOT * 4  # each GPU has shards queued behind the one it runs
+    assert gpu_workers_for("cuda", None, None) == 4
+    assert gpu_workers_for("cpu", None, None) == 0  # --device cpu keeps CPU workers on a GPU node
+    assert gpu_workers_for("auto", 2, None) == 2  # --gpus as given
+    assert gpu_workers_for("auto", None, 3) == 0  # --workers means CPU-style workers
+    few = plan([300, 300], cores=64, gpus=gpus)
+    assert (few.workers, few.gpus) == (2, 2)  # no GPU worker without a shard to run
+
+
+def test_cpu_node_has_no_gpu_workers(monkeypatch):
+    simulate_gpus(monkeypatch, 0)
+    assert gpu_workers_for("auto", None, None) == 0
+
+
+def test_each_gpu_worker_is_pinned_to_its_own_device(monkeypatch):
+    from flows.clusters import gpu_worker_specs, plan_task_runner
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    specs = gpu_worker_specs(4)
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()] == ["0", "1", "2", "3"]
+    assert all(s["options"]["nthreads"] == 1 for s in specs.values())
+    # A node whose scheduler hands this job GPUs 2 and 5: the workers get exactly those.
+    specs = gpu_worker_specs(2, visible="2,5")
+    assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in specs.values()] == ["2", "5"]
+    with pytest.raises(ValueError, match="only 1 devices"):
+        gpu_worker_specs(2, visible="3")
+    simulate_gpus(monkeypatch, 3)
+    runner = plan_task_runner(plan([300] * 50, cores=8, gpus=3))
+    assert runner.cluster_kwargs == {"threads_per_worker": 1, "n_workers": 3}
+
+
+@pytest.mark.slow
+def test_simulated_gpu_cluster_starts_one_process_per_device_without_malloc_trim(monkeypatch):
+    """A real cluster of pinned nannies (no CUDA needed: each worker reports what it was given)."""
+    from distributed import Client
+
+    from flows.clusters import pinned_gpu_cluster
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    with pinned_gpu_cluster(2) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.getpid()))
+    assert sorted(v[0] for v in seen.values()) == ["1", "3"]
+    assert all(v[1] is None for v in seen.values())
+    assert len({v[2] for v in seen.values()}) == 2
+
+
+@pytest.mark.slow
+def test_local_cpu_workers_start_without_the_nanny_malloc_trim():
+    from distributed import Client
+
+    from flows.clusters import local_cpu_cluster
+
+    with local_cpu_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert list(env.values()) == [None]
+
+
+PAGE_FAULTS = """
+import resource, sys, numpy as np
+sys.path.insert(0, {repo!r})
+if sys.argv[1] == "restore":
+    from flows.clusters import restore_malloc_thresholds
+    assert restore_malloc_thresholds()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):
+    a = np.ones(1 << 17)  # 1 MiB: above glibc's initial mmap threshold, below a transparent huge page
+    del a
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_restoring_malloc_thresholds_stops_page_faults_on_every_large_buffer(tmp_path):
+    """What the nanny's MALLOC_TRIM_THRESHOLD_ costs torch: each large buffer mapped afresh."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "faults.py"
+    script.write_text(PAGE_FAULTS.format(repo=repo))
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                                  check=True).stdout)
+
+    trimmed, restored = faults("as-is"), faults("restore")
+    assert trimmed > 200 * 200  # every 1 MiB buffer (256 pages) faulted in page by page
+    assert restored < trimmed / 20
