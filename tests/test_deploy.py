@@ -5,9 +5,20 @@ import pytest
 from flows.clusters import task_runner
 
 
-def test_local_cluster_is_one_single_threaded_worker_per_requested_process():
-    runner = task_runner(workers=3)
-    assert runner.cluster_kwargs["n_workers"] == 3 and runner.cluster_kwargs["threads_per_worker"] == 1
+def test_local_cluster_starts_one_single_threaded_worker_per_requested_process():
+    """The cluster the runner starts, not the arguments it was given: two worker processes of one
+    thread each, other processes than this one, without the nanny's malloc trim threshold."""
+    import os
+
+    from distributed import Client
+
+    runner = task_runner(workers=2)
+    with runner.cluster_class(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        assert sorted(client.nthreads().values()) == [1, 1]
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+        assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
 
 
 @pytest.mark.parametrize("kwargs", [{"workers": 2, "gpus": 1}, {"gpus": 1, "scheduler": "tcp://x:8786"}])
@@ -23,8 +34,7 @@ def test_existing_scheduler_address_is_used_as_is():
 def test_gpu_runner_builds_without_dask_cuda():
     import sys
 
-    runner = task_runner(gpus=2)  # building it must not import dask_cuda (or touch CUDA)
-    assert runner.cluster_kwargs == {"threads_per_worker": 1, "n_workers": 2}
+    task_runner(gpus=2)  # building it must not import dask_cuda (or touch CUDA): the flow process stays CUDA-free
     assert "dask_cuda" not in sys.modules
 
 
