@@ -306,3 +306,27 @@ def test_two_flows_of_one_run_compute_each_shard_once(backend, fasta, n_shards, 
     assert len(shards) == n_shards
     assert [s.attempts for s in shards] == [1] * n_shards, "a shard was computed by both flows"
     assert_same_screen(store, reference, fasta)
+
+
+def test_gpu_deployment_runs_one_worker_per_visible_gpu(fasta, n_shards, reference, tiny_checkpoint, tmp_path, monkeypatch):
+    """The GPU deployments' entry point (flows/gpu.py, deploy/prefect.yaml) chooses its cluster by
+    itself: one worker per visible GPU. Two GPUs are simulated for the flow process; the workers are
+    real processes, each pinned to its own device, scoring on the CPU."""
+    import torch
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.gpu import screen_proteome_gpu
+    from schema.catalog import Catalog
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    store = tmp_path / "store"
+    with prefect_test_harness(server_startup_timeout=120):
+        summary = screen_proteome_gpu(input=str(fasta), store=str(store), model=str(tiny_checkpoint), device="cpu",
+                                      shard_tokens=SHARD_TOKENS)
+    assert summary["failed_shards"] == []
+    with Catalog.open(None, store) as catalog:
+        holders = {s.worker for s in catalog.shards(summary["run_id"])}
+    assert len(holders) == 2, f"shards ran on {holders}: one worker per simulated GPU expected"
+    assert_same_screen(store, reference, fasta)
