@@ -61,12 +61,14 @@ head) + .sha256; verified to load with esm.pretrained.load_model_and_alphabet_co
 
 Training uses torch SDPA attention (same weights; checked against the stock forward at start-up).
 
-Recorded command (plmscreen-mini v2; OMP_NUM_THREADS=1 MKL_NUM_THREADS=1, one thread):
+Recorded command (plmscreen-mini v2 candidate; OMP_NUM_THREADS=1 MKL_NUM_THREADS=1, one thread):
   python training/train_plmscreen_control.py --fasta UP000000625_83333_ecoli_k12.fasta \
-      --init screening/models/esm2_plmscreen_mini.pt --out-dir /work/train-runs \
-      --steps STEPS --threads 1
-(the exact STEPS and the log are in training/results/train_log_v2.txt and the model card draft
-training/results/plmscreen-mini-v2-card.md).
+      --init screening/models/esm2_plmscreen_mini.pt --out-dir /work/train-runs --steps 1172 \
+      --decay-steps 400 --widen-steps 800 --copy-len-steps 1000 --save-every-min 3 --threads 1
+(it ran as --steps 6000, stopped in the constant-LR phase and resumed at step 772 with --steps
+1172, which is the same run; 1172 steps, 7.1 min active CPU. Log: training/results/train_log_v2.txt;
+draft card: training/results/plmscreen-mini-v2-card.md. It did NOT reach the protein-scale copying
+targets; see the card.)
 """
 import argparse
 import math
