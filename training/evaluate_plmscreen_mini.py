@@ -48,7 +48,7 @@ Writes JSON to --out.
 
 Recorded commands (one thread; OMP_NUM_THREADS=1 MKL_NUM_THREADS=1):
   v2 (issue 11): python training/evaluate_plmscreen_mini.py --fasta UP000000625_83333_ecoli_k12.fasta \
-      --model /work/train-runs/final/esm2_plmscreen_mini.pt --out training/results/plmscreen_mini_v2_eval.json
+      --model RUNS/final/esm2_plmscreen_mini.pt --out training/results/plmscreen_mini_v2_eval.json
   the same with --model screening/models/esm2_plmscreen_mini.pt for v1 (its record is in
   training/results/plmscreen_mini_v2_eval.json under "baseline_v1" when --baseline is given).
   v1 card (legacy panels): ... --panels legacy --threads 2 --out training/results/plmscreen_mini_eval.json

@@ -16,7 +16,7 @@ int(md5(accession).hexdigest(), 16) % 10 == 0; held-out proteins never enter tra
 Example mixture (fractions of EXAMPLES; each example drawn independently, seeded):
   --p-easy  (0.15) rehearsal of v1's phase-1 copy task: a uniform random 8-30-mer written twice
             side by side with 0-10-residue random flanks (keeps the look-up alive, see
-            shared/docs/science.md: switching tasks abruptly erased copying before).
+            docs/science.md: switching tasks abruptly erased copying before).
   --p-randdbl (0.30) the copy task at the current offsets: a uniform random sequence of
             8..copy_len residues (log-uniform, so short offsets are rehearsed throughout) doubled
             (with p=0.3 a natural spacer of up to copy_len residues between the copies). Only
@@ -63,7 +63,7 @@ Training uses torch SDPA attention (same weights; checked against the stock forw
 
 Recorded command (plmscreen-mini v2 candidate; OMP_NUM_THREADS=1 MKL_NUM_THREADS=1, one thread):
   python training/train_plmscreen_control.py --fasta UP000000625_83333_ecoli_k12.fasta \
-      --init screening/models/esm2_plmscreen_mini.pt --out-dir /work/train-runs --steps 1172 \
+      --init screening/models/esm2_plmscreen_mini.pt --out-dir RUNS --steps 1172 \
       --decay-steps 400 --widen-steps 800 --copy-len-steps 1000 --save-every-min 3 --threads 1
 (it ran as --steps 6000, stopped in the constant-LR phase and resumed at step 772 with --steps
 1172, which is the same run; 1172 steps, 7.1 min active CPU. Log: training/results/train_log_v2.txt;

@@ -16,7 +16,7 @@ as their ESM-1b alphabet tokens; synthetic/mutated residues are drawn from the 2
 Copy curriculum (fractions of EXAMPLES, sampled independently per example with a fixed seed):
   Phase 1 (until the copy-task loss logged over 100 steps falls below --phase1-until-loss, 2.0
     nats, or at most --phase1-frac of the budget): 100% synthetic copy task, the recipe that taught
-    a small ESM2 to copy on CPU (shared/docs/science.md): a uniform random 8-30-mer written twice
+    a small ESM2 to copy on CPU (docs/science.md): a uniform random 8-30-mer written twice
     side by side with random flanks of 0-10 residues.
     -> 100% of phase-1 examples carry an internal repeat.
   Phase 2 (rest of the budget): mixture
@@ -210,7 +210,7 @@ class ExampleMaker:
 
     def make(self, phase, p_copy, p_doubled, p_insert):
         if phase == 1:
-            # The recipe that taught a small ESM2 to copy on CPU (shared/docs/science.md): uniform
+            # The recipe that taught a small ESM2 to copy on CPU (docs/science.md): uniform
             # random 8-30-mers written twice, side by side, with short random flanks.
             return self.copy_task(30, 0, 10, uniform=True, p_mutate=0.0), 0
         r = self.rng.random()
