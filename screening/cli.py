@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 import screening
+from screening.cli_errors import fail
 from screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, PlmscreenError
 from screening.metrics import FlagRule
 from screening.render import flagged_text
@@ -39,11 +40,6 @@ def _root(
     ] = None,
 ) -> None:
     pass
-
-
-def _fail(message: str, code: int) -> None:
-    typer.echo(f"plmscreen: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _print_summary(summary: dict) -> None:
@@ -302,11 +298,11 @@ def screen(
             shard_tokens, torch_threads = cluster.shard_tokens, cluster.threads_per_worker
             typer.echo(f"Cluster: {cluster.describe()}", err=True)
     except InvalidFastaError as exc:
-        _fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
+        fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
     except PlmscreenError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
 
     if not in_process:
         _quiet_orchestration_logs()
@@ -323,7 +319,7 @@ def screen(
                     catalog_url=catalog, mode=mode, diagnostics=diagnostics, torch_threads=torch_threads,
                 )
         except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
-            _fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code)
         _print_summary(summary)
         if summary["failed_shards"]:
             raise typer.Exit(EXIT_SHARDS_FAILED)
@@ -351,7 +347,7 @@ def screen(
         summary = run_screen(input, out, settings, skip_invalid=skip_invalid, overwrite=overwrite,
                              on_start=on_start, on_sequence_done=on_sequence_done, catalog_url=catalog)
     except PlmscreenError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     finally:
         if bar is not None:
             bar.close()
@@ -375,7 +371,7 @@ def repeats(
         if contents.rejects and not skip_invalid:
             raise InvalidFastaError(input, contents.rejects)
     except (InvalidFastaError, FileNotFoundError) as exc:
-        _fail(f"{exc}\nNothing was written. Fix the records or pass --skip-invalid.", EXIT_BAD_INPUT)
+        fail(f"{exc}\nNothing was written. Fix the records or pass --skip-invalid.", EXIT_BAD_INPUT)
     params = RepeatParams()
     regions = [find_repeats(r.sequence, params) for r in contents.records]
     table = repeat_table(contents.records, regions)

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from screening.errors import EXIT_BAD_INPUT, EXIT_QUERY_LIMIT
+from screening.cli_errors import fail
+from screening.errors import EXIT_QUERY_LIMIT
 
 
 class OutputFormat(str, Enum):
@@ -42,17 +43,12 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Seconds each query may run; 0: no limit. Default: 300; env PLMSCREEN_QUERY_TIMEOUT.")]
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    typer.echo(f"plmscreen: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _parse_params(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            _fail(f"--param needs NAME=VALUE, got {pair!r}")
+            fail(f"--param needs NAME=VALUE, got {pair!r}")
         params[name.strip()] = value
     return params
 
@@ -64,7 +60,7 @@ def _limits(memory: str | None, spill: str | None, timeout: float | None):
     try:
         return st.QueryLimits.from_env(memory=memory, spill=spill, timeout_s=timeout)
     except st.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str, str],
@@ -78,15 +74,15 @@ def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str,
             table = st.query(store, sql, limits=limits)
         st.write_result(table, fmt.value, out)
     except st.QueryRefused as exc:
-        _fail(f"refused: {exc}")
+        fail(f"refused: {exc}")
     except st.QueryLimitExceeded as exc:
-        _fail(str(exc), EXIT_QUERY_LIMIT)
+        fail(str(exc), EXIT_QUERY_LIMIT)
     except st.QueryError as exc:
-        _fail(f"query failed: {exc}")
+        fail(f"query failed: {exc}")
     except st.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror or exc}")
+        fail(f"cannot write {out}: {exc.strerror or exc}")
 
 
 def _open_catalog(store: Path, url: str | None):
@@ -98,7 +94,7 @@ def _open_catalog(store: Path, url: str | None):
     try:
         return Catalog.open(url, store)
     except CatalogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:
@@ -128,9 +124,9 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"    {p.name} ({p.type.lower()}, {default}): {p.help}")
             return
         if (sql is None) == (name is None):
-            _fail("give either SQL or --name NAME (see --list)")
+            fail("give either SQL or --name NAME (see --list)")
         if param and name is None:
-            _fail("--param goes with --name; put values into the SQL itself")
+            fail("--param goes with --name; put values into the SQL itself")
         limits = _limits(memory_limit, spill_limit, timeout)
         _run_query(store, sql, name, _parse_params(param or []), fmt, out, limits)
 
@@ -166,11 +162,11 @@ def register(app: typer.Typer) -> None:
         try:
             info = write_report(store, out, run=run, max_sequences=max_sequences, limits=limits)
         except st.QueryLimitExceeded as exc:
-            _fail(str(exc), EXIT_QUERY_LIMIT)
+            fail(str(exc), EXIT_QUERY_LIMIT)
         except st.StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except OSError as exc:
-            _fail(f"cannot write {out}: {exc.strerror or exc}")
+            fail(f"cannot write {out}: {exc.strerror or exc}")
         typer.echo(f"Report on run {info['run']} ({info['n_flagged']} flagged of {info['n_sequences']} sequences): {out}")
 
     @app.command("changes")
@@ -193,9 +189,9 @@ def register(app: typer.Typer) -> None:
         try:
             changes = st.run_changes(store, run, since, tolerance, limits=_limits(memory_limit, spill_limit, timeout))
         except st.QueryLimitExceeded as exc:
-            _fail(str(exc), EXIT_QUERY_LIMIT)
+            fail(str(exc), EXIT_QUERY_LIMIT)
         except st.StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         if changes.since is None:
             typer.echo(f"Run {changes.run}: no earlier run of the same screen in {store}; pass --since RUN to compare.")
             return
@@ -218,7 +214,7 @@ def register(app: typer.Typer) -> None:
             ids = st.store_runs(store)
             summary = {r["run"]: r for r in st.query_named(store, "run_summary").to_pylist()}
         except st.StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         cat = _open_catalog(store, catalog)
         statuses = {}
         if cat is not None:
@@ -247,11 +243,11 @@ def register(app: typer.Typer) -> None:
         """Runs and their shard states from the catalog (what a rerun would redo)."""
         cat = _open_catalog(store, catalog)
         if cat is None:
-            _fail(f"{store} has no catalog (no screen has run there)")
+            fail(f"{store} has no catalog (no screen has run there)")
         with cat:
             runs = cat.list_runs() if run is None else [r for r in [cat.run_status(run)] if r is not None]
             if run is not None and not runs:
-                _fail(f"no run {run} in the catalog of {store}")
+                fail(f"no run {run} in the catalog of {store}")
             header = f"{'run':<18} {'status':<9} {'model':<24} {'sequences':>9} {'done':>6} {'running':>7} {'pending':>7} {'failed':>6}  started"
             typer.echo(header)
             for r in runs:
@@ -282,21 +278,21 @@ def register(app: typer.Typer) -> None:
         try:
             present = run in st.store_runs(store)
         except st.StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         cat = _open_catalog(store, catalog)
         in_catalog = cat is not None and cat.run_status(run) is not None
         if not present and not in_catalog:
             if cat is not None:
                 cat.close()
-            _fail(f"no run {run} in {store}")
+            fail(f"no run {run} in {store}")
         if not yes and not typer.confirm(f"Delete run {run} from {store}?", default=False):
             if cat is not None:
                 cat.close()
-            _fail("not deleted", 1)
+            fail("not deleted", 1)
         try:
             deleted = st.delete_run(store, run, catalog=cat)
         except st.StoreError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         finally:
             if cat is not None:
                 cat.close()

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from screening.errors import EXIT_BAD_INPUT
+from screening.cli_errors import fail
 
 
 class Preset(str, Enum):
@@ -47,7 +47,7 @@ def validate(
 
     if threads is not None:
         if threads < 1:
-            _fail(f"--threads must be >= 1, got {threads}")
+            fail(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     overrides = {k: v for k, v in {"n_proteins": n_proteins, "crop_length": crop_length, "seed": seed}.items() if v is not None}
     # Recorded on the page when run from a shell (not when invoked in-process, e.g. by tests).
@@ -57,16 +57,11 @@ def validate(
         report = run_validation(model, fasta, out, settings, device=device, weights_dir=weights_dir,
                                 command=command, progress=lambda message: typer.echo(message, err=True))
     except (ValidationInputError, ModelLoadError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"Validated {report.model['model_name']} on {len(report.proteins)} proteins in {report.seconds:.0f} s:")
     for e in report.experiments:
         typer.echo(f"  {'shown    ' if e.shown else 'NOT shown'}  {e.key:<18} {e.observed}")
     typer.echo(f"Page: {Path(out) / 'index.html'}")
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    typer.echo(f"plmscreen: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
