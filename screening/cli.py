@@ -128,28 +128,46 @@ def _prefect_api():
 
     The temporary server's URL goes into the environment before the Dask cluster starts, so every
     worker, including one the nanny restarts after a crash, reports to the same server."""
-    import os
-
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
         yield PREFECT_API_URL.value()
         return
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import temporary_settings
 
     server = SubprocessASGIServer()
+    try:
+        _start_server(server)
+        with _temporary_api(server) as url:
+            yield url
+    finally:
+        server.stop()
+
+
+def _start_server(server) -> None:
+    import os
+
     server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+
+
+@contextlib.contextmanager
+def _temporary_api(server):
+    """Point this process (and the workers it starts after this) at a started temporary server, and
+    send the flow's queued log records before it stops, a failed flow's too: otherwise the log
+    worker retries them after the server is gone and prints 'Error logging to API'."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
-            finally:  # a failed flow's log records too, or they are retried after the server stops
+            finally:
                 _flush_api_logs()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -161,7 +179,6 @@ def _local_cluster_and_prefect_api(plan):
     env) knows its URL from the start; workers import torch and the scoring code while the server
     boots (flows/worker_preload.py). Both used to start one after the other, the imports only
     with the first shard."""
-    import os
     import socket
     import threading
 
@@ -175,7 +192,6 @@ def _local_cluster_and_prefect_api(plan):
             yield DaskTaskRunner(address=cluster.scheduler_address)
         return
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import temporary_settings
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -185,7 +201,7 @@ def _local_cluster_and_prefect_api(plan):
 
     def start_server() -> None:
         try:
-            server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+            _start_server(server)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             failure.append(exc)
 
@@ -196,19 +212,15 @@ def _local_cluster_and_prefect_api(plan):
             starting.join()
             if failure:
                 raise failure[0]
-            os.environ["PREFECT_API_URL"] = server.api_url
-            with temporary_settings({PREFECT_API_URL: server.api_url}):
+            with _temporary_api(server):
                 yield DaskTaskRunner(address=cluster.scheduler_address)
-                _flush_api_logs()
     finally:
         starting.join()
-        os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
 
 def _flush_api_logs() -> None:
-    """Send the flow's queued log records while the temporary server still runs; otherwise the
-    log worker retries them at exit and prints 'Error logging to API' after the results."""
+    """Send the flow's queued log records while the temporary server still runs."""
     from prefect.logging.handlers import APILogWorker
 
     try:
