@@ -10,6 +10,7 @@ written twice.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -20,14 +21,14 @@ from prefect.futures import as_completed
 from prefect.runtime import deployment
 
 from flows.clusters import restore_malloc_thresholds, task_runner
-from flows.resources import auto_shard_tokens
+from flows.resources import MAX_SHARD_TOKENS, auto_shard_tokens
 from screening.errors import ClusterError
 from screening.metrics import FlagRule
 from screening.render import flagged_markdown
 from screening.store import StoreError, run_changes
 from screening.scoring import Scorer, ScoringOptions
 from screening.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
-                              finalize_run, prepare_run, process_shard, shard_cost)
+                              finalize_run, prepare_run, process_shard)
 
 SHARD_RETRIES = 2
 
@@ -92,17 +93,6 @@ def _cluster_slots() -> int:
         return 0
 
 
-def _shard_tokens_for_cluster(input: str, mode: str) -> int:
-    from flows.resources import MAX_SHARD_TOKENS
-    from screening.fasta import read_fasta
-
-    slots = _cluster_slots()
-    if not slots:
-        return MAX_SHARD_TOKENS
-    costs = [shard_cost(len(r.sequence)) for r in read_fasta(input).records]
-    return auto_shard_tokens(costs, slots, TRIAGE_SHARD_SCALE if mode == "triage" else 1)
-
-
 # Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
 def flow_run_name() -> str:
     """What the Prefect UI lists: 'screen sample.fasta · plmscreen-mini · exact'."""
@@ -140,20 +130,23 @@ def screen_proteome(
     thread); the CLI passes the size it planned together with the cluster."""
     logger = get_run_logger()
     started = time.perf_counter()
-    if shard_tokens is None:
-        shard_tokens = _shard_tokens_for_cluster(input, mode)
-        logger.info("shard size %d tokens, chosen for %d worker threads", shard_tokens, _cluster_slots())
+    slots = _cluster_slots() if shard_tokens is None else 0
+    # About four shards per worker thread, sized from the record costs prepare_run reads anyway.
+    shard_tokens_for = functools.partial(auto_shard_tokens, slots=slots,
+                                         budget_scale=TRIAGE_SHARD_SCALE if mode == "triage" else 1) if slots else None
     settings = ScreenSettings(
         model=model,
         weights_dir=weights_dir,
         device=device,
         scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
         flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
-        shard_tokens=shard_tokens,
+        shard_tokens=shard_tokens or MAX_SHARD_TOKENS,  # without a worker count, the fixed default
         mode=mode,
         diagnostics=diagnostics,
     )
-    plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url)
+    plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url, shard_tokens_for)
+    if shard_tokens is None:
+        logger.info("shard size %d tokens, chosen for %d worker threads", plan.settings.shard_tokens, slots)
     # Runs of one deployment are one screen: `plmscreen changes` compares each with the one before.
     plan.metadata["deployment"] = deployment.name
     with plan.open_catalog() as catalog:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 import screening
 from schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
-from schema.catalog import Catalog
+from schema.catalog import Catalog, CatalogError
 from screening.fasta import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
 from screening.diagnostics import ResidueDiagnostics, residue_diagnostics
 from screening.metrics import FlagRule, could_flag, summarize
@@ -336,8 +336,6 @@ def register_shards(catalog: Catalog, run_id: str, records: Sequence[ProteinReco
     A run keeps the shards it was first planned with: a resumed run (or a second flow of it)
     started with another shard size or worker count works on the registered shards, so finished
     shards stay finished and no record is in two shards."""
-    from schema.catalog import CatalogError
-
     def registered() -> dict[int, tuple[int, int]]:
         return {s.index: (s.first, s.last) for s in catalog.shards(run_id)}
 
@@ -360,12 +358,20 @@ def prepare_run(
     skip_invalid: bool = False,
     overwrite: bool = False,
     catalog_url: str | None = None,
+    shard_tokens_for: Callable[[list[int]], int] | None = None,
 ) -> RunPlan:
-    """Validate the input, name the run, plan its shards and register them (idempotent)."""
+    """Validate the input, name the run, plan its shards and register them (idempotent).
+
+    ``shard_tokens_for`` (the records' scoring costs → a shard budget) replaces
+    ``settings.shard_tokens`` when the shard size depends on the input, as when a flow sizes
+    shards for the cluster it runs on: the input is read here only."""
     input_path, store = Path(input_path), Path(store)
     contents = read_fasta(input_path)
     if contents.rejects and not skip_invalid:
         raise InvalidFastaError(input_path, contents.rejects)
+    if shard_tokens_for is not None:
+        costs = [shard_cost(len(r.sequence)) for r in contents.records]
+        settings = dataclasses.replace(settings, shard_tokens=shard_tokens_for(costs))
     model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     checkpoint_identity = CheckpointIdentity.of(checkpoint)
     checkpoint_sha256 = file_sha256(checkpoint)
