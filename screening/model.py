@@ -133,7 +133,7 @@ def candidate_paths(name: str, weights_dir: str | Path | None = None) -> list[Pa
     places = []
     if weights_dir:
         places.append(Path(weights_dir) / f"{name}.pt")
-    places.append(Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt")
+    places.append(hub_checkpoint_path(name))
     return places
 
 
