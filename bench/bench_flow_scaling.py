@@ -77,9 +77,9 @@ def process_cpu() -> float:
 def run_once(args, workers: int, store: Path) -> dict:
     from prefect import get_client  # noqa: F401  (imported so the server context is ready)
 
-    from flows.clusters import task_runner
-    from flows.screen import screen_proteome
-    from schema.catalog import Catalog
+    from plmscreen.flows.clusters import task_runner
+    from plmscreen.flows.screen import screen_proteome
+    from plmscreen.schema.catalog import Catalog
 
     flow = screen_proteome.with_options(task_runner=task_runner(workers=workers))
     started, cpu_before, server_before = time.perf_counter(), process_cpu(), server_cpu()
@@ -118,9 +118,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", help="default: 1 up to all cores")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "flow_scaling")
     args = parser.parse_args()
-    from flows.resources import auto_shard_tokens, cpu_cores
-    from screening.fasta import read_fasta
-    from screening.screen import shard_cost
+    from plmscreen.flows.resources import auto_shard_tokens, cpu_cores
+    from plmscreen.screening.input import read_fasta
+    from plmscreen.screening.run.screen import shard_cost
 
     args.workers = args.workers or list(range(1, cpu_cores() + 1))
     if args.shard_tokens is None:
@@ -129,7 +129,7 @@ def main() -> None:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from screening.cli import _prefect_api
+    from plmscreen.cli.main import _prefect_api
 
     results = []
     work = Path(tempfile.mkdtemp(prefix="plmscreen-scaling-"))

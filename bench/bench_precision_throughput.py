@@ -50,8 +50,8 @@ from bench.bench_scoring import (  # noqa: E402
     sync,
     write_random_checkpoint,
 )
-from screening.model import load_model  # noqa: E402
-from screening.scoring import Scorer, ScoringOptions  # noqa: E402
+from plmscreen.screening.model.checkpoints import load_model  # noqa: E402
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
 
 HUMAN_PROTEINS, HUMAN_MEAN_LENGTH = 20_400, 560
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -272,7 +272,7 @@ def build_modes(args) -> list[Mode]:
 
 
 def run_mode(mode: Mode, loaded, sequences: list[str], warmup: list[str]) -> tuple[float, list[dict], int]:
-    from screening.scoring import Scorer, ScoringOptions
+    from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 
     device = loaded.device
     if mode.kind == "naive":
@@ -316,7 +316,7 @@ def profile_section(loaded, sequences: list[str], batch_tokens: int, rows: int) 
     """Top ops by self CPU time for one naive forward and one plmscreen exact batch."""
     from torch.profiler import ProfilerActivity, profile
 
-    from screening.scoring import Scorer, ScoringOptions
+    from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 
     seq = sequences[0]
     converter = loaded.alphabet.get_batch_converter()
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--arch", default="esm2_t6_8M", choices=sorted(ARCHS),
                      help="real ESM-2 architecture with random weights (default esm2_t6_8M)")
     src.add_argument("--checkpoint", help="a fair-esm-format ESM-2 checkpoint file (trained weights)")
-    src.add_argument("--model", help="any name screening.model.load_model accepts, e.g. plmscreen-mini")
+    src.add_argument("--model", help="any name plmscreen.screening.model.checkpoints.load_model accepts, e.g. plmscreen-mini")
     p.add_argument("--init", choices=("default", "wide"), default="default",
                    help="random-weight init: fair-esm's constructor (default) or the tests' wider init")
     p.add_argument("--seed", type=int, default=0)
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from screening.model import load_model, resolve_device
+    from plmscreen.screening.model.checkpoints import load_model, resolve_device
 
     device = resolve_device(args.device)
     fasta = require(args.fasta, "--fasta", ECOLI_FASTA)

@@ -3,7 +3,7 @@
 The input is a seeded sample of a real proteome plus validation cases whose flags must not be
 missed: doubled proteins (x‖x), proteins carrying an inserted imperfect copy of their own
 segment (70-95% identity), and structurally verified tandem-repeat chains from the repeat
-benchmark. Both modes run ``screening.screen.score_shard`` with the same loaded model (exact
+benchmark. Both modes run ``plmscreen.screening.run.screen.score_shard`` with the same loaded model (exact
 first, then triage, then exact and triage again; the faster of each pair is kept). Reported:
 wall time per mode, the speed-up, the token count each mode ran through the model (a
 machine-independent cost), and flags missed or added by triage.
@@ -28,11 +28,11 @@ import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
 from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from screening.fasta import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
-from screening.metrics import FlagRule  # noqa: E402
-from screening.repeats import RepeatParams  # noqa: E402
-from screening.scoring import Scorer, ScoringOptions  # noqa: E402
-from screening.screen import score_shard  # noqa: E402
+from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
+from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
+from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
+from plmscreen.screening.run.screen import score_shard  # noqa: E402
 
 AMINO = STANDARD_ALPHABET
 
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
-    from screening.model import load_model
+    from plmscreen.screening.model.checkpoints import load_model
 
     torch.set_num_threads(args.threads)
     proteome = proteome_sample(require(args.fasta, "--fasta", ECOLI_FASTA), args.n_proteome, args.max_len, args.seed)

@@ -71,8 +71,8 @@ def naive_main(checkpoint: str, fasta: str) -> None:
     import torch
 
     from bench_scoring import naive_scores, read_fasta
-    from screening.model import load_model
-    from flows.resources import cpu_cores
+    from plmscreen.screening.model.checkpoints import load_model
+    from plmscreen.flows.resources import cpu_cores
 
     torch.set_num_threads(cpu_cores())
     loaded = load_model(checkpoint, device="cpu")
@@ -180,7 +180,7 @@ def machine() -> dict:
     import platform
 
     from bench_scoring import cpu_model
-    from flows.resources import cpu_cores
+    from plmscreen.flows.resources import cpu_cores
 
     return {"cpu_model": cpu_model(), "cores": cpu_cores(), "python": platform.python_version(),
             "platform": platform.platform(), "hostname": platform.node()}
@@ -204,7 +204,7 @@ def run_size(args, size: int, work: Path) -> dict:
     env = {**os.environ, "PLMSCREEN_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
     python = sys.executable
-    screen = [python, "-m", "screening.cli", "screen", str(fasta), "--model", str(checkpoint), "--no-progress", "--overwrite"]
+    screen = [python, "-m", "plmscreen.cli.main", "screen", str(fasta), "--model", str(checkpoint), "--no-progress", "--overwrite"]
     modes = {
         "naive": lambda r: extrapolated(timed([python, __file__, "--naive-worker", str(checkpoint), str(naive_fasta)], env), every),
         "in_process": lambda r: timed([*screen, "--out", str(work / f"inproc-{size}"), "--in-process"], env),

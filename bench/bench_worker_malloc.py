@@ -36,11 +36,11 @@ def score(checkpoint: str, sequences: list[str], restore: bool = False) -> dict:
     import torch
 
     if restore:
-        from flows.clusters import restore_malloc_thresholds
+        from plmscreen.flows.clusters import restore_malloc_thresholds
 
         restore_malloc_thresholds()
-    from screening.model import load_model
-    from screening.scoring import Scorer
+    from plmscreen.screening.model.checkpoints import load_model
+    from plmscreen.screening.score.scorer import Scorer
 
     torch.set_num_threads(1)
     scorer = Scorer(load_model(checkpoint, device="cpu"))
@@ -56,7 +56,7 @@ def score(checkpoint: str, sequences: list[str], restore: bool = False) -> dict:
 def in_dask(checkpoint: str, sequences: list[str], plmscreen_cluster: bool, restore: bool) -> dict:
     from distributed import Client, LocalCluster
 
-    from flows.clusters import local_cpu_cluster
+    from plmscreen.flows.clusters import local_cpu_cluster
 
     kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
     cluster = local_cpu_cluster(**kwargs) if plmscreen_cluster else LocalCluster(**kwargs)

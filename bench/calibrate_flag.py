@@ -46,11 +46,11 @@ import torch  # noqa: E402
 
 from bench.bench_flow_scaling import machine  # noqa: E402
 from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from screening.fasta import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
-from screening.metrics import FlagRule  # noqa: E402
-from screening.repeats import RepeatParams  # noqa: E402
-from screening.scoring import Scorer, ScoringOptions  # noqa: E402
-from screening.screen import score_shard  # noqa: E402
+from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
+from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
+from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
+from plmscreen.screening.run.screen import score_shard  # noqa: E402
 
 AMINO = STANDARD_ALPHABET
 FACTORS = (1.02, 1.05, 1.10, 1.15, 1.20, 1.30, 1.50)
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
-    from screening.model import load_model
+    from plmscreen.screening.model.checkpoints import load_model
 
     torch.set_num_threads(args.threads)
     sets = build_sets(args)

@@ -1,4 +1,4 @@
-"""Benchmark screening.repeats on the Wright-lab structural tandem-repeat set.
+"""Benchmark plmscreen.screening.score.repeats on the Wright-lab structural tandem-repeat set.
 
 Data (read-only): $PLMSCREEN_DATA_DIR/repeats/wrightlab_tandem_repeat/ (docs/data-sources.md)
   TPs_v5.fas.gz  real PDB chains with CE-Symm structural repeat units
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, default_path, require  # noqa: E402
-from screening.repeats import RepeatParams, find_repeats, partner_map, repeat_residues  # noqa: E402
+from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_map, repeat_residues  # noqa: E402
 
 OUT = ROOT / "bench" / "results"
 IDENTITY_BINS = [0.0, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0001]

@@ -6,7 +6,7 @@ named by PREFECT_API_URL shows the runs. Input, store and model come from the en
 
 import os
 
-from flows.screen import screen_proteome
+from plmscreen.flows.screen import screen_proteome
 
 if __name__ == "__main__":
     screen_proteome.serve(

@@ -2,8 +2,8 @@
 
 Use it from a script or a deployment entry point on the cluster's login node:
 
-    from deploy.slurm_cluster import slurm_task_runner
-    from flows.screen import screen_proteome
+    from plmscreen.deploy.slurm_cluster import slurm_task_runner
+    from plmscreen.flows.screen import screen_proteome
 
     screen_proteome.with_options(task_runner=slurm_task_runner(jobs=8))(
         input="proteome.fasta", store="/shared/plmscreen-store", model="esm2_t33_650M_UR50D",

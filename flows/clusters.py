@@ -16,7 +16,7 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
-from flows.resources import ClusterPlan, cpu_cores
+from plmscreen.flows.resources import ClusterPlan, cpu_cores
 
 NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 # glibc's own ceiling for its adaptive mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), and
@@ -60,7 +60,7 @@ def local_gpu_cluster(n_workers: int | None = None, threads_per_worker: int = 1,
 
 
 def _count_gpus() -> int:
-    from flows.resources import visible_gpus
+    from plmscreen.flows.resources import visible_gpus
 
     count = visible_gpus()
     if not count:

@@ -20,14 +20,14 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.runtime import deployment
 
-from flows.clusters import restore_malloc_thresholds, task_runner
-from flows.resources import MAX_SHARD_TOKENS, auto_shard_tokens
-from screening.errors import ClusterError
-from screening.metrics import FlagRule
-from screening.render import flagged_markdown
-from screening.store import StoreError, run_changes
-from screening.scoring import Scorer, ScoringOptions
-from screening.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
+from plmscreen.flows.clusters import restore_malloc_thresholds, task_runner
+from plmscreen.flows.resources import MAX_SHARD_TOKENS, auto_shard_tokens
+from plmscreen.screening.errors import ClusterError
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.render.table import flagged_markdown
+from plmscreen.screening.store.store import StoreError, run_changes
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+from plmscreen.screening.run.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
                               finalize_run, prepare_run, process_shard)
 
 SHARD_RETRIES = 2

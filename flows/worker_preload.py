@@ -7,6 +7,6 @@ still starting, not when the first shard arrives."""
 import prefect.task_engine  # noqa: F401
 import torch  # noqa: F401
 
-import flows.screen  # noqa: F401
-import screening.scoring  # noqa: F401
-import screening.screen  # noqa: F401
+import plmscreen.flows.screen  # noqa: F401
+import plmscreen.screening.score.scorer  # noqa: F401
+import plmscreen.screening.run.screen  # noqa: F401

@@ -1,6 +1,6 @@
 """plmscreen's data contract: the Arrow/Parquet schemas every writer and reader shares."""
 
-from schema.arrow import (  # noqa: F401
+from plmscreen.schema.arrow import (  # noqa: F401
     METADATA_KEY,
     REPEATS_SCHEMA,
     RESIDUES_SCHEMA,

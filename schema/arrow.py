@@ -24,7 +24,7 @@ RESIDUES_SCHEMA = pa.schema(
         pa.field("inflation", pa.float64()),  # logp_masked - logp_ablated (nats), null without partners
         pa.field("partner_region", pa.list_(pa.int32()), nullable=False),  # region id of each partner
         pa.field("partner_identity", pa.list_(pa.float32()), nullable=False),  # local identity of each pair
-        # Diagnostics (screening.diagnostics), partnered residues of flagged sequences only; else null.
+        # Diagnostics (plmscreen.screening.score.diagnostics), partnered residues of flagged sequences only; else null.
         pa.field("logp_random_comask", pa.float64()),  # i and |partners| random non-partners masked
         pa.field("net_inflation", pa.float64()),  # logp_random_comask - logp_ablated (nats)
         pa.field("copy_following", pa.float64()),  # P(b at i | partners set to b) - P(b at i | ablated)

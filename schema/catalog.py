@@ -54,7 +54,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from screening import errors
+from plmscreen.screening import errors
 
 __all__ = [
     "Base",
@@ -124,7 +124,7 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATES!r}", name="status"),)
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # screening.screen.run_id_for
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # plmscreen.screening.run.screen.run_id_for
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

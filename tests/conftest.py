@@ -56,7 +56,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
-    from screening.model import load_model
+    from plmscreen.screening.model.checkpoints import load_model
 
     return load_model(str(tiny_checkpoint), device="cpu")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from screening.metrics import FlagRule
-from screening.screen import ScreenSettings, run_screen
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.run.screen import ScreenSettings, run_screen
 
 from sequences import SINGLE_DOUBLED_SHORT
 

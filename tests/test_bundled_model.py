@@ -4,8 +4,8 @@ import hashlib
 
 import numpy as np
 
-from screening.model import BUNDLED_MODELS, load_model
-from screening.scoring import Scorer
+from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, load_model
+from plmscreen.screening.score.scorer import Scorer
 
 
 def test_checksum_file_matches_the_checkpoint():

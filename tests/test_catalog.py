@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from schema.catalog import (
+from plmscreen.schema.catalog import (
     CATALOG_FILENAME,
     Base,
     Catalog,
@@ -287,7 +287,7 @@ def test_default_catalog_lives_in_the_store(tmp_path):
 def test_status_command_names_the_worker_of_running_shards(tmp_path):
     from typer.testing import CliRunner
 
-    from screening.cli import app
+    from plmscreen.cli.main import app
 
     store = tmp_path / "store"
     with Catalog.open(None, store) as cat:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from screening.fasta import read_fasta
-from screening.screen import ScreenSettings, run_screen
-from screening.store import run_changes
+from plmscreen.screening.input import read_fasta
+from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.store.store import run_changes
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:
@@ -70,16 +70,16 @@ def test_scores_changed_beyond_the_tolerance(releases):
 
 def test_cli_changes_and_report_section(releases, tmp_path):
     store, first_run, second_run, expected, _ = releases
-    out = subprocess.run([sys.executable, "-m", "screening.cli", "changes", str(store), "--format", "json"],
+    out = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "changes", str(store), "--format", "json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"Run {second_run.run_id} since {first_run.run_id}: 1 newly flagged, 0 no longer flagged, 1 added, 1 removed" in out.stderr
     rows = json.loads(out.stdout)
     assert {(r["seq_id"], r["change"]) for r in rows} == {(s, c) for c, ids in expected.items() for s in ids}
-    first = subprocess.run([sys.executable, "-m", "screening.cli", "changes", str(store), "--run", first_run.run_id],
+    first = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "changes", str(store), "--run", first_run.run_id],
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0 and "no earlier run of the same screen" in first.stdout
-    from screening.report import write_report
+    from plmscreen.screening.render.report import write_report
 
     write_report(store, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()

@@ -91,7 +91,7 @@ def start_screen(fasta: Path, store: Path, checkpoint: Path, address: str, catal
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PLMSCREEN_OFFLINE="1")
-    cmd = [sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(store), "--model", str(checkpoint),
+    cmd = [sys.executable, "-m", "plmscreen.cli.main", "screen", str(fasta), "--out", str(store), "--model", str(checkpoint),
            "--device", "cpu", "--shard-tokens", str(SHARD_TOKENS), "--scheduler", address, "--catalog", catalog,
            "--no-progress"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -133,7 +133,7 @@ def fasta(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(fasta, tiny_checkpoint, tmp_path_factory):
-    from screening.screen import ScreenSettings, run_screen
+    from plmscreen.screening.run.screen import ScreenSettings, run_screen
 
     store = tmp_path_factory.mktemp("reference")
     run_screen(fasta, store, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))

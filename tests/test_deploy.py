@@ -2,7 +2,7 @@
 
 import pytest
 
-from flows.clusters import task_runner
+from plmscreen.flows.clusters import task_runner
 
 
 def test_local_cluster_starts_one_single_threaded_worker_per_requested_process():
@@ -39,7 +39,7 @@ def test_gpu_runner_builds_without_dask_cuda():
 
 
 def test_slurm_spec_writes_a_one_gpu_one_task_job_script():
-    from deploy.slurm_cluster import slurm_cluster, slurm_task_runner
+    from plmscreen.deploy.slurm_cluster import slurm_cluster, slurm_task_runner
 
     cluster = slurm_cluster(scheduler_options={"dashboard_address": None}, account="bio")
     try:

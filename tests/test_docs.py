@@ -48,7 +48,7 @@ def test_prefect_yaml_entry_points_and_instructions_are_real():
 
 
 def test_documented_cpu_batch_default_is_the_codes():
-    from screening.scoring import CPU_BATCH_TOKENS
+    from plmscreen.screening.score.scorer import CPU_BATCH_TOKENS
 
     assert f"CPU default is now {CPU_BATCH_TOKENS}" in (REPO / "bench" / "README.md").read_text()
     assert f"defaults to {CPU_BATCH_TOKENS} on CPU" in (REPO / "README.md").read_text()

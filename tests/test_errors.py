@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from screening import errors
-from screening.fasta import InvalidFastaError
-from screening.model import ModelLoadError
-from screening.repeats import InvalidSequenceError
-from screening.store import QueryError, QueryLimitExceeded, QueryRefused, SchemaVersionError, StoreError
-from screening.validate import ValidationInputError
-from schema.catalog import CatalogError
+from plmscreen.screening import errors
+from plmscreen.screening.input import InvalidFastaError
+from plmscreen.screening.model.checkpoints import ModelLoadError
+from plmscreen.screening.score.repeats import InvalidSequenceError
+from plmscreen.screening.store.store import QueryError, QueryLimitExceeded, QueryRefused, SchemaVersionError, StoreError
+from plmscreen.screening.experiments.validate import ValidationInputError
+from plmscreen.schema.catalog import CatalogError
 
 
 @pytest.mark.parametrize("cls, stage, code", [
@@ -28,7 +28,7 @@ def test_each_error_has_its_stage_and_exit_code(cls, stage, code):
 
 
 def test_cluster_lost_is_a_cluster_error_with_its_own_code():
-    from flows.screen import ClusterLostError
+    from plmscreen.flows.screen import ClusterLostError
 
     assert issubclass(ClusterLostError, errors.ClusterError) and ClusterLostError.exit_code == errors.EXIT_CLUSTER_LOST == 5
     assert len({errors.EXIT_BAD_INPUT, errors.EXIT_QUERY_LIMIT, errors.EXIT_SHARDS_FAILED, errors.EXIT_CLUSTER_LOST,
@@ -43,11 +43,11 @@ def test_input_errors_are_still_value_errors():
 def test_cli_exits_with_the_errors_code(tmp_path):
     bad = tmp_path / "bad.fasta"
     bad.write_text(">a\nMK1V\n")
-    done = subprocess.run([sys.executable, "-m", "screening.cli", "screen", str(bad), "--out", str(tmp_path / "o"),
+    done = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "screen", str(bad), "--out", str(tmp_path / "o"),
                            "--in-process"], capture_output=True, text=True, timeout=120)
     assert done.returncode == InvalidFastaError.exit_code == 2
     assert done.stderr.startswith("plmscreen: error:") and "a" in done.stderr
-    missing = subprocess.run([sys.executable, "-m", "screening.cli", "screen", str(bad), "--out", str(tmp_path / "o"),
+    missing = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "screen", str(bad), "--out", str(tmp_path / "o"),
                               "--model", str(tmp_path / "none.pt"), "--skip-invalid", "--in-process"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == ModelLoadError.exit_code and "checkpoint not found" in missing.stderr

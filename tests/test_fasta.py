@@ -4,7 +4,7 @@ import gzip
 
 import pytest
 
-from screening.fasta import InvalidFastaError, read_fasta, write_rejects
+from plmscreen.screening.input import InvalidFastaError, read_fasta, write_rejects
 
 
 def _write(tmp_path, text, name="in.fasta"):

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import example_fasta
-from screening.fasta import read_fasta
-from screening.screen import ScreenSettings, plan_shards, run_screen
+from plmscreen.screening.input import read_fasta
+from plmscreen.screening.run.screen import ScreenSettings, plan_shards, run_screen
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -94,7 +94,7 @@ def prefect_env(tmp: Path) -> dict:
 
 
 def start_screen(fasta, store, checkpoint, tmp, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(store), "--model", str(checkpoint),
+    cmd = [sys.executable, "-m", "plmscreen.cli.main", "screen", str(fasta), "--out", str(store), "--model", str(checkpoint),
            "--device", "cpu", "--shard-tokens", str(SHARD_TOKENS), *extra]
     return subprocess.Popen(cmd, env=prefect_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -224,9 +224,9 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
-    import screening.screen as screen_module
-    from flows.screen import SHARD_RETRIES, screen_proteome
-    from schema.catalog import Catalog
+    import plmscreen.screening.run.screen as screen_module
+    from plmscreen.flows.screen import SHARD_RETRIES, screen_proteome
+    from plmscreen.schema.catalog import Catalog
 
     bad_id = read_fasta(fasta).records[11].seq_id
     real_score_shard = screen_module.score_shard
@@ -264,7 +264,7 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
         # plmscreen status reports the failed shard and why.
         from typer.testing import CliRunner
 
-        from screening.cli import app
+        from plmscreen.cli.main import app
 
         shown = CliRunner().invoke(app, ["status", str(store)])
         assert shown.exit_code == 0, shown.output
@@ -282,7 +282,7 @@ def test_two_flows_of_one_run_compute_each_shard_once(backend, fasta, n_shards, 
     """A cron run overlapping a manual rerun: both flows finish, and no shard is claimed (so scored)
     twice: a claim is only ever won by the one process that then scores the shard."""
     from postgres import fresh_database
-    from schema.catalog import Catalog
+    from plmscreen.schema.catalog import Catalog
 
     store = tmp_path / "store"
     with contextlib.ExitStack() as stack:
@@ -315,8 +315,8 @@ def test_gpu_deployment_runs_one_worker_per_visible_gpu(fasta, n_shards, referen
     import torch
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.gpu import screen_proteome_gpu
-    from schema.catalog import Catalog
+    from plmscreen.flows.gpu import screen_proteome_gpu
+    from plmscreen.schema.catalog import Catalog
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

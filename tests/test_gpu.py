@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from screening.fasta import read_fasta
-from screening.model import load_model
-from screening.scoring import CPU_BATCH_TOKENS, Scorer, ScoringOptions
+from plmscreen.screening.input import read_fasta
+from plmscreen.screening.model.checkpoints import load_model
+from plmscreen.screening.score.scorer import CPU_BATCH_TOKENS, Scorer, ScoringOptions
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -56,7 +56,7 @@ def test_dask_cuda_screen(tmp_path):
 
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(">" + r for r in (REPO / "examples" / "sample.fasta").read_text().split(">")[1:5]))
-    out = subprocess.run([sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(tmp_path / "store"),
+    out = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "screen", str(fasta), "--out", str(tmp_path / "store"),
                           "--gpus", "1", "--device", "cuda", "--no-progress"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Screened 4 sequences" in out.stdout

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_esm2_checkpoint
-from screening.model import ModelLoadError, load_model
+from plmscreen.screening.model.checkpoints import ModelLoadError, load_model
 
 
 def test_checkpoint_path_loads_fair_esm_esm2_and_records_sha256(tiny_checkpoint):
@@ -165,7 +165,7 @@ def test_downloaded_pickle_is_never_executed(tmp_path, hub_dir, monkeypatch):
 
 def test_resolving_a_download_does_not_load_the_model(tiny_checkpoint, hub_dir, monkeypatch):
     """The CLI resolves the checkpoint up front; a 15B model must not be loaded into that process."""
-    from screening.model import resolve_checkpoint
+    from plmscreen.screening.model.checkpoints import resolve_checkpoint
 
     fake_release(monkeypatch, tiny_checkpoint)
 
@@ -189,7 +189,7 @@ def test_checkpoint_check_maps_the_file_instead_of_reading_it(tmp_path):
     # VmHWM (peak resident memory) starts afresh at exec; ru_maxrss would inherit this process's peak.
     script = (
         "import re, sys, torch\n"
-        "from screening.model import check_checkpoint, read_checkpoint\n"
+        "from plmscreen.screening.model.checkpoints import check_checkpoint, read_checkpoint\n"
         "def peak_mb():\n"
         "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024\n"
         "before = peak_mb()\n"
@@ -203,7 +203,7 @@ def test_checkpoint_check_maps_the_file_instead_of_reading_it(tmp_path):
 
 
 def test_checkpoint_check_reports_a_foreign_file(tmp_path):
-    from screening.model import check_checkpoint
+    from plmscreen.screening.model.checkpoints import check_checkpoint
 
     other = tmp_path / "esm2_other.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, other)

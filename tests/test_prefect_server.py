@@ -74,7 +74,7 @@ def screened(server, tiny_checkpoint, tmp_path_factory):
     fasta = tmp / "four.fasta"
     fasta.write_text("".join(">" + r for r in records))
     store = tmp / "store"
-    done = subprocess.run([sys.executable, "-m", "screening.cli", "screen", str(fasta), "--out", str(store),
+    done = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "screen", str(fasta), "--out", str(store),
                            "--model", str(tiny_checkpoint), "--device", "cpu", "--workers", "1", "--shard-tokens", "30000"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
@@ -83,7 +83,7 @@ def screened(server, tiny_checkpoint, tmp_path_factory):
 
 
 def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
-    from schema.catalog import Catalog
+    from plmscreen.schema.catalog import Catalog
 
     url, run_id, store = screened
     flows = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "screen "}}})
@@ -179,7 +179,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(server, tmp_path):
     """Production's path: `prefect deploy` of sample-nightly, a `prefect worker` process polling its
     pool, and two runs scheduled at the same moment (a cron run and a manual one). Both complete,
     the store and catalog hold the run, every shard was computed once, and the UI shows the run."""
-    from schema.catalog import Catalog
+    from plmscreen.schema.catalog import Catalog
 
     url, env = server
     store = tmp_path / "store"
@@ -221,7 +221,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(server, tmp_path):
 
 def test_served_flow_runs_when_its_schedule_fires(server, tmp_path):
     """deploy/serve.py: the single-machine way, no work pool."""
-    from schema.catalog import Catalog
+    from plmscreen.schema.catalog import Catalog
 
     url, env = server
     store = tmp_path / "store"

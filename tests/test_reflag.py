@@ -8,10 +8,10 @@ import itertools
 import pytest
 
 from conftest import REPO
-from screening.fasta import ProteinRecord, read_fasta
-from screening.metrics import FlagRule
-from screening.screen import ScreenSettings, run_screen
-from screening.store import open_store, query_named
+from plmscreen.screening.input import ProteinRecord, read_fasta
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.store.store import open_store, query_named
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_reflag_from_the_command_line(store):
     import sys
 
     root, runs = store
-    out = subprocess.run([sys.executable, "-m", "screening.cli", "query", str(root), "--name", "reflag",
+    out = subprocess.run([sys.executable, "-m", "plmscreen.cli.main", "query", str(root), "--name", "reflag",
                           "--param", f"run={runs['exact']}", "--param", "min_inflation_factor=1000", "--format", "json"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,6 @@
 """One flagged-table definition, three renderings (terminal, Prefect markdown, HTML report)."""
 
-from screening.render import FLAGGED_COLUMNS, flagged_html_columns, flagged_markdown, flagged_text
+from plmscreen.screening.render.table import FLAGGED_COLUMNS, flagged_html_columns, flagged_markdown, flagged_text
 
 ROWS = [
     {"seq_id": "pdb|2QSK|A", "length": 95, "pppl": 9.3071, "pppl_ablated": 21.91, "inflation_factor": 2.3512,

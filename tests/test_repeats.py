@@ -1,4 +1,4 @@
-"""Tests of screening.repeats: internal repeats and the residue partner map.
+"""Tests of plmscreen.screening.score.repeats: internal repeats and the residue partner map.
 
 Real sequences are E. coli K-12 proteins (UniProt UP000000625, CC BY 4.0), hard-coded so the
 tests need nothing from shared/.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from Bio.Align import substitution_matrices
 
-from screening.repeats import (
+from plmscreen.screening.score.repeats import (
     REGION_COLUMNS,
     InvalidSequenceError,
     RegionPair,
@@ -457,7 +457,7 @@ def test_deterministic_across_processes():
 
     seq = _imperfect_tandem()
     script = ("import json, random, sys; random.seed(int(sys.argv[2]));"
-              "from screening.repeats import find_repeats;"
+              "from plmscreen.screening.score.repeats import find_repeats;"
               "print(json.dumps([[r.start, r.end, r.partner_start, r.partner_end, r.pairs, r.pvalue]"
               " for r in find_repeats(sys.argv[1])]))")
     outs = [subprocess.run([sys.executable, "-c", script, seq, str(k)], capture_output=True, text=True, check=True,
@@ -517,7 +517,7 @@ def test_work_budget_stops_with_warning(caplog):
     seq = TRXA[:40] + unit * 6 + FOLA[:40]
     full = find_repeats(seq)
     assert len(full) >= 3
-    with caplog.at_level(logging.WARNING, logger="screening.repeats"):
+    with caplog.at_level(logging.WARNING, logger="plmscreen.screening.score.repeats"):
         limited = find_repeats(seq, RepeatParams(work_per_residue=1500))
     assert len(limited) < len(full)
     assert "budget" in caplog.text

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from browser import assert_not_blank, screenshot
-from screening.cli import app
+from plmscreen.cli.main import app
 from store_fixtures import SEQ_IDS, parquet_rows, shared_store
 
 runner = CliRunner()

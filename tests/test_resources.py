@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from flows.resources import (
+from plmscreen.flows.resources import (
     MAX_SHARD_TOKENS,
     SHARDS_PER_SLOT,
     gpu_workers_for,
@@ -18,7 +18,7 @@ from flows.resources import (
     visible_gpus,
     worker_memory_bytes,
 )
-from screening.screen import TRIAGE_SHARD_SCALE, plan_cost_ranges, shard_cost
+from plmscreen.screening.run.screen import TRIAGE_SHARD_SCALE, plan_cost_ranges, shard_cost
 
 GiB = 1 << 30
 PLENTY = 1 << 40
@@ -110,7 +110,7 @@ def test_cpu_node_has_no_gpu_workers(monkeypatch):
 
 
 def test_each_gpu_worker_is_pinned_to_its_own_device(monkeypatch):
-    from flows.clusters import gpu_worker_specs, plan_task_runner
+    from plmscreen.flows.clusters import gpu_worker_specs, plan_task_runner
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     specs = gpu_worker_specs(4)
@@ -131,7 +131,7 @@ def test_simulated_gpu_cluster_starts_one_process_per_device_without_malloc_trim
     """A real cluster of pinned nannies (no CUDA needed: each worker reports what it was given)."""
     from distributed import Client
 
-    from flows.clusters import pinned_gpu_cluster
+    from plmscreen.flows.clusters import pinned_gpu_cluster
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
     with pinned_gpu_cluster(2) as cluster, Client(cluster) as client:
@@ -145,7 +145,7 @@ def test_simulated_gpu_cluster_starts_one_process_per_device_without_malloc_trim
 def test_local_cpu_workers_start_without_the_nanny_malloc_trim():
     from distributed import Client
 
-    from flows.clusters import local_cpu_cluster
+    from plmscreen.flows.clusters import local_cpu_cluster
 
     with local_cpu_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
@@ -157,7 +157,7 @@ PAGE_FAULTS = """
 import resource, sys, numpy as np
 sys.path.insert(0, {repo!r})
 if sys.argv[1] == "restore":
-    from flows.clusters import restore_malloc_thresholds
+    from plmscreen.flows.clusters import restore_malloc_thresholds
     assert restore_malloc_thresholds()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(200):

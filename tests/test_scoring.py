@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from screening.metrics import FlagRule, summarize
-from screening.scoring import MASKED, Scorer, ScoringOptions, _masked_jobs, window_start
+from plmscreen.screening.score.metrics import FlagRule, summarize
+from plmscreen.screening.score.scorer import MASKED, Scorer, ScoringOptions, _masked_jobs, window_start
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",  # 33
@@ -185,7 +185,7 @@ def test_sequence_summary_matches_hand_computation():
 
 def test_probe_gives_full_rows_for_arbitrary_mask_sets(tiny_model, scored):
     """Probe rows at the true residue reproduce scoring; other columns match the stock forward."""
-    from screening.scoring import Probe
+    from plmscreen.screening.score.scorer import Probe
 
     _, results = scored
     m, a = tiny_model.model, tiny_model.alphabet
@@ -237,7 +237,7 @@ def test_automatic_batch_size_follows_free_gpu_memory_and_batches_fit_it(tiny_mo
     stays inside it. (Whether the memory model holds on a real GPU is tests/test_gpu.py's.)"""
     from types import SimpleNamespace
 
-    from screening.scoring import CPU_BATCH_TOKENS, _ablated_jobs, _batches, _masked_jobs, _unmasked_jobs, auto_batch_tokens
+    from plmscreen.screening.score.scorer import CPU_BATCH_TOKENS, _ablated_jobs, _batches, _masked_jobs, _unmasked_jobs, auto_batch_tokens
 
     assert Scorer(tiny_model, ScoringOptions(batch_tokens=None)).batch_tokens == CPU_BATCH_TOKENS
     gpu = SimpleNamespace(device=torch.device("cuda"), model=SimpleNamespace(embed_dim=1280))

@@ -10,17 +10,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from schema.arrow import RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
-from screening.metrics import FlagRule
-from screening.output import read_metadata
-from screening.screen import ScreenSettings, run_screen
+from plmscreen.schema.arrow import RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.store.parquet import read_metadata
+from plmscreen.screening.run.screen import ScreenSettings, run_screen
 
 from sequences import SINGLE_DOUBLED_SHORT as FASTA
 from sequences import UNIT
 
 
 def _run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "screening.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "plmscreen.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env={"PLMSCREEN_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
 
 
@@ -228,9 +228,9 @@ def test_cli_version_and_help():
 
 
 def test_only_settings_that_change_numbers_or_flags_name_a_run():
-    from screening.metrics import FlagRule
-    from screening.scoring import ScoringOptions
-    from screening.screen import run_id_for
+    from plmscreen.screening.score.metrics import FlagRule
+    from plmscreen.screening.score.scorer import ScoringOptions
+    from plmscreen.screening.run.screen import run_id_for
 
     def run_id(**changes):
         return run_id_for("in" * 32, "ck" * 32, ScreenSettings(**changes))
@@ -247,9 +247,9 @@ def test_only_settings_that_change_numbers_or_flags_name_a_run():
 def test_rerun_with_a_smaller_batch_resumes_and_keeps_finished_shards(tmp_path, tiny_checkpoint):
     """After an out-of-memory failure the user reruns with a smaller --batch-tokens (and perhaps a
     new shard size): finished shards are kept, the others are scored, the numbers are the same."""
-    from schema.catalog import Catalog
-    from screening.scoring import Scorer, ScoringOptions
-    from screening.screen import prepare_run, process_shard
+    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+    from plmscreen.screening.run.screen import prepare_run, process_shard
 
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">p{k}\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ{'AG' * k}\n" for k in range(8)))
@@ -257,7 +257,7 @@ def test_rerun_with_a_smaller_batch_resumes_and_keeps_finished_shards(tmp_path, 
                            scoring=ScoringOptions(batch_tokens=4096))
     plan = prepare_run(fasta, tmp_path / "store", first)
     assert len(plan.shards) >= 3
-    from screening.model import load_model
+    from plmscreen.screening.model.checkpoints import load_model
 
     with plan.open_catalog() as catalog:
         process_shard(Scorer(load_model(str(tiny_checkpoint), device="cpu"), first.scoring), plan, 0, catalog)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from screening import store as st
-from screening.cli import app
+from plmscreen.screening import store as st
+from plmscreen.cli.main import app
 from store_fixtures import SEQ_IDS, parquet_rows, shared_store
 
 runner = CliRunner()

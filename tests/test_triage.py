@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from screening.diagnostics import STANDARD, residue_diagnostics
-from screening.fasta import ProteinRecord, read_fasta
-from screening.metrics import FlagRule, could_flag
-from screening.repeats import RepeatParams
-from screening.scoring import Scorer, ScoringOptions
-from screening.screen import score_shard
+from plmscreen.screening.score.diagnostics import STANDARD, residue_diagnostics
+from plmscreen.screening.input import ProteinRecord, read_fasta
+from plmscreen.screening.score.metrics import FlagRule, could_flag
+from plmscreen.screening.score.repeats import RepeatParams
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+from plmscreen.screening.run.screen import score_shard
 from conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def mini():
-    from screening.model import load_model
+    from plmscreen.screening.model.checkpoints import load_model
 
     return load_model("plmscreen-mini", device="cpu")
 
@@ -159,7 +159,7 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
 
     import pyarrow.parquet as pq
 
-    from screening import store as st
+    from plmscreen.screening import store as st
 
     records = read_fasta(REPO / "examples" / "sample.fasta").records
     chosen = [r for r in records if r.seq_id in {"pdb|2QSK|A", "sp|Q2EEQ3|YAHH_ECOLI", "sp|P02358|RS6_ECOLI", "sp|P00894|ILVH_ECOLI"}]
@@ -168,7 +168,7 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
     out = tmp_path / "store"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "screening.cli", *args], capture_output=True, text=True, timeout=600)
+        return subprocess.run([sys.executable, "-m", "plmscreen.cli.main", *args], capture_output=True, text=True, timeout=600)
 
     result = cli("screen", str(fasta), "--out", str(out), "--mode", "triage", "--in-process", "--device", "cpu",
                  "--no-progress", "--no-diagnostics")
@@ -190,7 +190,7 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
 
 def test_triage_shards_hold_more_sequences(records):
     """Triage does ~1/9 of exact mode's work per sequence, so the same budget plans fewer, fuller shards."""
-    from screening.screen import ScreenSettings, plan_shards
+    from plmscreen.screening.run.screen import ScreenSettings, plan_shards
 
     exact = ScreenSettings(shard_tokens=40_000)
     triage = ScreenSettings(shard_tokens=40_000, mode="triage")
@@ -212,7 +212,7 @@ def lrr_like_sequence() -> str:
 
 
 def test_planted_residue_prefers_letters_absent_from_the_partners():
-    from screening.diagnostics import planted_residue
+    from plmscreen.screening.score.diagnostics import planted_residue
 
     logp = -np.arange(20, dtype=float)  # A most likely ... Y least likely
     assert planted_residue("A", ["A", "C"], logp) == "Y"
@@ -227,8 +227,8 @@ def test_screen_of_a_residue_whose_partners_hold_every_letter(tmp_path):
     """Used to raise StopIteration in the diagnostics, failing the shard three times."""
     import pyarrow.parquet as pq
 
-    from screening.repeats import find_repeats, partner_details
-    from screening.screen import ScreenSettings, run_screen
+    from plmscreen.screening.score.repeats import find_repeats, partner_details
+    from plmscreen.screening.run.screen import ScreenSettings, run_screen
 
     sequence = lrr_like_sequence()
     details = partner_details(len(sequence), find_repeats(sequence, RepeatParams()))

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from screening.cli import app
-from screening.fasta import read_fasta
-from screening.model import load_model
-from screening.repeats import find_repeats
-from screening.scoring import Scorer
-from screening.validate import (
+from plmscreen.cli.main import app
+from plmscreen.screening.input import read_fasta
+from plmscreen.screening.model.checkpoints import load_model
+from plmscreen.screening.score.repeats import find_repeats
+from plmscreen.screening.score.scorer import Scorer
+from plmscreen.screening.experiments.validate import (
     DEFAULT_FASTA,
     PRESETS,
     ValidationSettings,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import write_esm2_checkpoint
-from screening import model as model_module
-from screening.model import ModelLoadError
-from screening.screen import ScorerCache, ScreenSettings, prepare_run
+from plmscreen.screening import model as model_module
+from plmscreen.screening.model.checkpoints import ModelLoadError
+from plmscreen.screening.run.screen import ScorerCache, ScreenSettings, prepare_run
 
 FASTA = ">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSTNPKPQRKTKRNTNRRPQDV\n"
 
@@ -89,7 +89,7 @@ def test_cache_is_keyed_by_digest_and_bounded(tmp_path):
 def test_in_process_screen_hashes_the_checkpoint_once(tmp_path, count_hashes):
     from typer.testing import CliRunner
 
-    from screening.cli import app
+    from plmscreen.cli.main import app
 
     checkpoint = write_esm2_checkpoint(tmp_path / "esm2_a.pt", seed=1)
     (tmp_path / "in.fasta").write_text(FASTA)

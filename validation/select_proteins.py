@@ -6,7 +6,7 @@ Rule, applied to the E. coli K-12 reference proteome (UniProt UP000000625, CC BY
   of training/train_plmscreen_mini.py, so the bundled model never saw them;
 - reviewed (sp|) entries of 300-600 residues, only the 20 standard residues: long enough for the
   300-residue repeat units of the unit-length experiment, short enough to keep the run cheap;
-- no internal repeat found by screening.repeats.find_repeats (default parameters), so every repeat
+- no internal repeat found by plmscreen.screening.score.repeats.find_repeats (default parameters), so every repeat
   in a validation construct is one the experiment put there;
 - the first --n of these in a seeded random order (seed 0).
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from screening.fasta import STANDARD_RESIDUES, read_fasta
-from screening.repeats import find_repeats
+from plmscreen.screening.input import STANDARD_RESIDUES, read_fasta
+from plmscreen.screening.score.repeats import find_repeats
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ Create Date: 2026-11-25
 import sqlalchemy as sa
 from alembic import op
 
-from schema.catalog import UTCDateTime
+from plmscreen.schema.catalog import UTCDateTime
 
 revision = "0001"
 down_revision = None

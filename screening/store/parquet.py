@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schema.arrow import METADATA_KEY
+from plmscreen.schema.arrow import METADATA_KEY
 
 
 def with_metadata(table: pa.Table, metadata: dict) -> pa.Table:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from screening.errors import InputError
+from plmscreen.screening.errors import InputError
 
 # The 20 standard amino acids, in ESM/UniProt order: the one copy of the alphabet.
 STANDARD_ALPHABET = "ACDEFGHIKLMNPQRSTVWY"

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from screening.fasta import STANDARD_ALPHABET
-from screening.scoring import Probe, Scorer
+from plmscreen.screening.input import STANDARD_ALPHABET
+from plmscreen.screening.score.scorer import Probe, Scorer
 
 STANDARD = STANDARD_ALPHABET
 

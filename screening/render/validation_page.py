@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from screening.validate import Experiment, ValidationReport  # noqa: E402
+from plmscreen.screening.experiments.validate import Experiment, ValidationReport  # noqa: E402
 
 SHOWN, NOT_SHOWN = "shown", "not shown"
 
@@ -201,7 +201,7 @@ def render_html(report: ValidationReport) -> str:
             f'<a href="{e.key}_summary.csv">{e.key}_summary.csv</a>.</p></section>'
         )
     settings_rows = [{"setting": k, "value": v} for k, v in dataclasses.asdict(settings).items()]
-    command = html.escape(report.command) if report.command else "(library call: screening.validate.run_validation)"
+    command = html.escape(report.command) if report.command else "(library call: plmscreen.screening.experiments.validate.run_validation)"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>plmscreen validation: {html.escape(model['model_name'])}</title>
 <style>{CSS}</style></head><body>

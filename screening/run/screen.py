@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-import screening
-from schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
-from schema.catalog import Catalog, CatalogError
-from screening.fasta import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
-from screening.diagnostics import ResidueDiagnostics, residue_diagnostics
-from screening.metrics import FlagRule, could_flag, summarize
-from screening.model import ESM2_MAX_RESIDUES, CheckpointIdentity, LoadedModel, file_sha256, load_model, resolve_checkpoint
-from screening.output import with_metadata, write_parquet_atomic
-from screening.repeats import RepeatParams, find_repeats, partner_details
-from screening.scoring import Scorer, ScoringOptions, SequenceScores
+from plmscreen import screening
+from plmscreen.schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
+from plmscreen.schema.catalog import Catalog, CatalogError
+from plmscreen.screening.input import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
+from plmscreen.screening.score.diagnostics import ResidueDiagnostics, residue_diagnostics
+from plmscreen.screening.score.metrics import FlagRule, could_flag, summarize
+from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES, CheckpointIdentity, LoadedModel, file_sha256, load_model, resolve_checkpoint
+from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
+from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_details
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions, SequenceScores
 
 
 TABLES = ("residues", "sequences", "repeats")
@@ -394,7 +394,7 @@ def prepare_run(
                    checkpoint_identity=checkpoint_identity)
     with plan.open_catalog() as catalog:
         if overwrite:
-            from screening.store import delete_run  # the one way a run is deleted (also `runs delete`)
+            from plmscreen.screening.store.store import delete_run  # the one way a run is deleted (also `runs delete`)
 
             delete_run(store, run_id, catalog)
         info_dir = store / "runs" / run_id
@@ -595,7 +595,7 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
                 "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
     (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
     # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
-    from screening.store import StoreError, refresh_views
+    from plmscreen.screening.store.store import StoreError, refresh_views
 
     try:
         refresh_views(plan.store)

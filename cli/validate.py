@@ -1,6 +1,6 @@
-"""``plmscreen validate``: the look-up validation suite (screening.validate) on any loadable model.
+"""``plmscreen validate``: the look-up validation suite (plmscreen.screening.experiments.validate) on any loadable model.
 
-Exit codes as in ``screening.cli``: 0 success (whatever the verdicts: a model that does not copy is
+Exit codes as in ``plmscreen.cli.main``: 0 success (whatever the verdicts: a model that does not copy is
 a result, not an error); 2 a bad FASTA, model or option; 1 anything unexpected.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from screening.cli_errors import fail
+from plmscreen.cli.errors import fail
 
 
 class Preset(str, Enum):
@@ -42,8 +42,8 @@ def validate(
     masking, partner mutation, imperfect repeats, unit length and spacing, with controls."""
     import torch
 
-    from screening.model import ModelLoadError
-    from screening.validate import PRESETS, ValidationInputError, run_validation
+    from plmscreen.screening.model.checkpoints import ModelLoadError
+    from plmscreen.screening.experiments.validate import PRESETS, ValidationInputError, run_validation
 
     if threads is not None:
         if threads < 1:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from screening.fasta import EXTRA_RESIDUES, STANDARD_ALPHABET
-from screening.forward import logprobs_at
-from screening.model import LoadedModel
+from plmscreen.screening.input import EXTRA_RESIDUES, STANDARD_ALPHABET
+from plmscreen.screening.model.forward import logprobs_at
+from plmscreen.screening.model.checkpoints import LoadedModel
 
 MASKED, ABLATED, UNMASKED, PROBE = 0, 1, 2, 3
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from screening.errors import EXIT_BAD_INPUT
+from plmscreen.screening.errors import EXIT_BAD_INPUT
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

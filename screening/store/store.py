@@ -84,9 +84,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import schema
-from schema.arrow import METADATA_KEY, REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
-from screening import errors
+from plmscreen import schema
+from plmscreen.schema.arrow import METADATA_KEY, REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
+from plmscreen.screening import errors
 
 __all__ = [
     "DATABASE_NAME",
@@ -186,7 +186,7 @@ def file_schema_version(path: str | Path) -> int:
 
 
 def _version_problem(path: Path, version: int) -> str:
-    import screening
+    from plmscreen import screening
 
     known = ", ".join(str(v) for v in sorted(SUPPORTED_SCHEMA_VERSIONS))
     if version > max(SUPPORTED_SCHEMA_VERSIONS):
@@ -508,7 +508,7 @@ def _convert(value: Any, param: QueryParam, query_name: str) -> Any:
 
 
 def _parse_named_query(path: Path) -> NamedQuery:
-    from screening.metrics import FlagRule
+    from plmscreen.screening.score.metrics import FlagRule
 
     # @FLAG_RULE(row, rule)@ is the flag rule's one definition (FlagRule.sql), rendered in place.
     text = re.sub(r"@FLAG_RULE\((\w+), *(\w+)\)@", lambda m: FlagRule.sql(m[1], m[2]), path.read_text())
@@ -905,7 +905,7 @@ def write_result(table: pa.Table, fmt: str = "table", out: str | Path | None = N
     if fmt == "parquet":
         if out is None:
             raise QueryError("--format parquet needs --out FILE")
-        from screening.output import write_parquet_atomic
+        from plmscreen.screening.store.parquet import write_parquet_atomic
 
         write_parquet_atomic(table, Path(out))
         return

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from screening.errors import ModelError
+from plmscreen.screening.errors import ModelError
 
 ESM2_MODELS = (
     "esm2_t6_8M_UR50D",
@@ -35,7 +35,7 @@ ESM2_MODELS = (
     "esm2_t36_3B_UR50D",
     "esm2_t48_15B_UR50D",
 )
-BUNDLED_DIR = Path(__file__).parent / "models"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
 BUNDLED_MODELS = {"plmscreen-mini": BUNDLED_DIR / "esm2_plmscreen_mini.pt"}
 # ESM-2 was trained on crops of 1022 residues (+ BOS and EOS = 1024 tokens).
 ESM2_MAX_RESIDUES = 1022

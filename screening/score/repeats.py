@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from Bio.Align import PairwiseAligner, substitution_matrices
 
-from screening.errors import InputError
+from plmscreen.screening.errors import InputError
 
 __all__ = [
     "InvalidSequenceError",

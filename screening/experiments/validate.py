@@ -19,7 +19,7 @@ Every number is a per-protein value; a claim is *shown* when its mean is at leas
 effect in the expected direction, the 95% bootstrap CI of the mean excludes zero and a one-sided
 sign test over proteins gives p < alpha (``check_greater``). Proteins are central crops so that
 small models trained on short crops are measured where they work; the crop length is a setting.
-``screening.validate_page`` writes the HTML page, plots and CSV files.
+``plmscreen.screening.render.validation_page`` writes the HTML page, plots and CSV files.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-import screening
-from screening.errors import InputError
-from screening.fasta import STANDARD_ALPHABET, STANDARD_RESIDUES, read_fasta
-from screening.metrics import summarize
-from screening.model import LoadedModel, load_model
-from screening.scoring import Probe, Scorer, ScoringOptions
+from plmscreen import screening
+from plmscreen.screening.errors import InputError
+from plmscreen.screening.input import STANDARD_ALPHABET, STANDARD_RESIDUES, read_fasta
+from plmscreen.screening.score.metrics import summarize
+from plmscreen.screening.model.checkpoints import LoadedModel, load_model
+from plmscreen.screening.score.scorer import Probe, Scorer, ScoringOptions
 
-DEFAULT_FASTA = Path(__file__).parent / "data" / "validation_proteins.fasta"
+DEFAULT_FASTA = Path(__file__).resolve().parent.parent / "data" / "validation_proteins.fasta"
 AA20 = STANDARD_ALPHABET
 MIN_PROTEINS = 3
 
@@ -729,7 +729,7 @@ def run_validation(
         experiments=experiments, seconds=time.perf_counter() - started, command=command,
     )
     if out_dir is not None:
-        from screening.validate_page import write_validation_page
+        from plmscreen.screening.render.validation_page import write_validation_page
 
         progress(f"writing {out_dir}")
         write_validation_page(report, out_dir)

@@ -13,11 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
-import screening
-from screening.cli_errors import fail
-from screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, PlmscreenError
-from screening.metrics import FlagRule
-from screening.render import flagged_text
+from plmscreen import screening
+from plmscreen.cli.errors import fail
+from plmscreen.screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, PlmscreenError
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.render.table import flagged_text
 
 app = typer.Typer(
     add_completion=False,
@@ -76,9 +76,9 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
 
     from tqdm import tqdm
 
-    from schema.catalog import Catalog
-    from screening.model import file_sha256, resolve_checkpoint
-    from screening.screen import run_id_for
+    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.model.checkpoints import file_sha256, resolve_checkpoint
+    from plmscreen.screening.run.screen import run_id_for
 
     _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     run_id = run_id_for(contents.sha256, file_sha256(checkpoint), settings)
@@ -185,7 +185,7 @@ def _local_cluster_and_prefect_api(plan):
     from prefect.settings import PREFECT_API_URL
     from prefect_dask import DaskTaskRunner
 
-    from flows.clusters import start_planned_cluster
+    from plmscreen.flows.clusters import start_planned_cluster
 
     if PREFECT_API_URL.value():
         with start_planned_cluster(plan) as cluster:
@@ -260,11 +260,11 @@ def screen(
     """
     from tqdm import tqdm
 
-    from screening.fasta import InvalidFastaError, read_fasta
-    from screening.metrics import FlagRule
-    from screening.model import check_checkpoint, resolve_checkpoint
-    from screening.scoring import ScoringOptions
-    from screening.screen import TRIAGE_SHARD_SCALE, ScreenSettings, run_screen, shard_cost
+    from plmscreen.screening.input import InvalidFastaError, read_fasta
+    from plmscreen.screening.score.metrics import FlagRule
+    from plmscreen.screening.model.checkpoints import check_checkpoint, resolve_checkpoint
+    from plmscreen.screening.score.scorer import ScoringOptions
+    from plmscreen.screening.run.screen import TRIAGE_SHARD_SCALE, ScreenSettings, run_screen, shard_cost
 
     try:
         settings = ScreenSettings(
@@ -278,7 +278,7 @@ def screen(
             diagnostics=diagnostics,
         )
         if not in_process:
-            from flows.clusters import check_cluster_choice
+            from plmscreen.flows.clusters import check_cluster_choice
 
             check_cluster_choice(workers, gpus, scheduler)
         # Input and model are checked here, before any cluster starts.
@@ -290,11 +290,11 @@ def screen(
         check_checkpoint(checkpoint)
         torch_threads, cluster = None, None
         if not in_process and scheduler:
-            from flows.clusters import task_runner
+            from plmscreen.flows.clusters import task_runner
 
             runner = task_runner(scheduler=scheduler)  # the flow sizes shards for that cluster's workers
         elif not in_process:
-            from flows.resources import available_memory_bytes, cpu_cores, gpu_workers_for, plan_cluster, worker_memory_bytes
+            from plmscreen.flows.resources import available_memory_bytes, cpu_cores, gpu_workers_for, plan_cluster, worker_memory_bytes
 
             if device.startswith("cuda:"):
                 workers = workers or 1  # one named device: one model copy on it
@@ -318,7 +318,7 @@ def screen(
 
     if not in_process:
         _quiet_orchestration_logs()
-        from flows.screen import screen_proteome
+        from plmscreen.flows.screen import screen_proteome
 
         try:
             orchestration = _prefect_api_and_runner(runner) if cluster is None else _local_cluster_and_prefect_api(cluster)
@@ -373,10 +373,10 @@ def repeats(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to <out>.rejects.tsv and go on.")] = False,
 ) -> None:
     """Run only the repeat detector (no model): aligned region pairs, 1-based inclusive."""
-    from screening.fasta import InvalidFastaError, read_fasta, write_rejects
-    from screening.output import with_metadata, write_parquet_atomic
-    from screening.repeats import RepeatParams, find_repeats
-    from screening.screen import repeat_table
+    from plmscreen.screening.input import InvalidFastaError, read_fasta, write_rejects
+    from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
+    from plmscreen.screening.score.repeats import RepeatParams, find_repeats
+    from plmscreen.screening.run.screen import repeat_table
 
     try:
         contents = read_fasta(input)
@@ -389,7 +389,7 @@ def repeats(
     table = repeat_table(contents.records, regions)
     import dataclasses
 
-    from schema.arrow import SCHEMA_VERSION
+    from plmscreen.schema.arrow import SCHEMA_VERSION
 
     metadata = {"schema_version": SCHEMA_VERSION, "plmscreen_version": screening.__version__,
                 "input_sha256": contents.sha256, "parameters": {"repeats": dataclasses.asdict(params)}}
@@ -400,8 +400,8 @@ def repeats(
     typer.echo(f"{len(contents.records)} sequences, {with_repeats} with repeats, {table.num_rows} region pairs -> {out}")
 
 
-from screening.cli_store import register as _register_store_commands  # noqa: E402
-from screening.cli_validate import register as _register_validate_command  # noqa: E402
+from plmscreen.cli.store import register as _register_store_commands  # noqa: E402
+from plmscreen.cli.validate import register as _register_validate_command  # noqa: E402
 
 _register_store_commands(app)
 _register_validate_command(app)

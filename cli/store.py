@@ -1,6 +1,6 @@
 """Store commands (query, flagged, report, runs): registered on the main CLI by ``register``.
 
-Exit codes as in ``screening.cli``: 0 success; 2 a refused or failing query, a missing store or
+Exit codes as in ``plmscreen.cli.main``: 0 success; 2 a refused or failing query, a missing store or
 run, a bad option; 3 a query stopped by its memory, spill or time limit; 1 anything unexpected.
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from screening.cli_errors import fail
-from screening.errors import EXIT_QUERY_LIMIT
+from plmscreen.cli.errors import fail
+from plmscreen.screening.errors import EXIT_QUERY_LIMIT
 
 
 class OutputFormat(str, Enum):
@@ -55,7 +55,7 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
 
 def _limits(memory: str | None, spill: str | None, timeout: float | None):
     """The query limits: defaults, then the PLMSCREEN_QUERY_* variables, then these options."""
-    from screening import store as st
+    from plmscreen.screening import store as st
 
     try:
         return st.QueryLimits.from_env(memory=memory, spill=spill, timeout_s=timeout)
@@ -65,7 +65,7 @@ def _limits(memory: str | None, spill: str | None, timeout: float | None):
 
 def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str, str],
                fmt: OutputFormat, out: Path | None, limits) -> None:
-    from screening import store as st
+    from plmscreen.screening import store as st
 
     try:
         if name is not None:
@@ -87,7 +87,7 @@ def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str,
 
 def _open_catalog(store: Path, url: str | None):
     """The catalog named by ``url``, or STORE/catalog.sqlite if it exists, else None."""
-    from schema.catalog import CATALOG_FILENAME, Catalog, CatalogError
+    from plmscreen.schema.catalog import CATALOG_FILENAME, Catalog, CatalogError
 
     if url is None and not (store / CATALOG_FILENAME).exists():
         return None
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = None,
     ) -> None:
         """Query a store read-only with SQL (DuckDB dialect) or a named query."""
-        from screening import store as st
+        from plmscreen.screening import store as st
 
         if list_queries:
             for q in st.named_queries().values():
@@ -155,8 +155,8 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = None,
     ) -> None:
         """Write a self-contained HTML report: run summary, flagged table, histogram, residue tracks."""
-        from screening import store as st
-        from screening.report import write_report
+        from plmscreen.screening import store as st
+        from plmscreen.screening.render.report import write_report
 
         limits = _limits(memory_limit, spill_limit, timeout)
         try:
@@ -184,7 +184,7 @@ def register(app: typer.Typer) -> None:
         """Sequences newly flagged, no longer flagged, added, removed or changed since the previous screen."""
         import pyarrow as pa
 
-        from screening import store as st
+        from plmscreen.screening import store as st
 
         try:
             changes = st.run_changes(store, run, since, tolerance, limits=_limits(memory_limit, spill_limit, timeout))
@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> None:
         """Runs in the store (from run.json and the Parquet files) with their catalog status."""
         import pyarrow as pa
 
-        from screening import store as st
+        from plmscreen.screening import store as st
 
         try:
             ids = st.store_runs(store)
@@ -273,7 +273,7 @@ def register(app: typer.Typer) -> None:
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
         """Delete a run: its Parquet partitions, runs/<run>/ and its catalog rows, together."""
-        from screening import store as st
+        from plmscreen.screening import store as st
 
         try:
             present = run in st.store_runs(store)

@@ -1,0 +1,5 @@
+"""``python -m plmscreen.cli``: the plmscreen command."""
+
+from plmscreen.cli.main import main
+
+main()
