@@ -25,7 +25,8 @@ from plmscreen.flows.resources import MAX_SHARD_TOKENS, auto_shard_tokens
 from plmscreen.screening.errors import ClusterError
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.render.table import flagged_markdown
-from plmscreen.screening.store.store import StoreError, run_changes
+from plmscreen.screening.store.runs import run_changes
+from plmscreen.screening.errors import StoreError
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 from plmscreen.screening.run.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
                               finalize_run, prepare_run, process_shard)

@@ -41,6 +41,18 @@ class StoreError(PlmscreenError):
     exit_code = EXIT_BAD_INPUT
 
 
+class SchemaVersionError(StoreError):
+    """A Parquet file of the store was written with a schema version this plmscreen cannot read."""
+
+
+class QueryRefused(StoreError):
+    """The read-only guard refused a statement; the message says why."""
+
+
+class QueryError(StoreError):
+    """A query failed (syntax error, unknown column, bad parameter ...): one line, no traceback."""
+
+
 class QueryLimitError(StoreError):
     """A query ran into its memory, spill or time limit."""
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from plmscreen.screening.input import read_fasta
 from plmscreen.screening.run.screen import ScreenSettings, run_screen
-from plmscreen.screening.store.store import run_changes
+from plmscreen.screening.store.runs import run_changes
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:

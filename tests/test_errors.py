@@ -10,7 +10,8 @@ from plmscreen.screening import errors
 from plmscreen.screening.input import InvalidFastaError
 from plmscreen.screening.model.checkpoints import ModelLoadError
 from plmscreen.screening.score.repeats import InvalidSequenceError
-from plmscreen.screening.store.store import QueryError, QueryLimitExceeded, QueryRefused, SchemaVersionError, StoreError
+from plmscreen.screening.store.guard import QueryLimitExceeded
+from plmscreen.screening.errors import QueryError, QueryRefused, SchemaVersionError, StoreError
 from plmscreen.screening.experiments.validate import ValidationInputError
 from plmscreen.schema.catalog import CatalogError
 

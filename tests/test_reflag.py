@@ -11,7 +11,7 @@ from conftest import REPO
 from plmscreen.screening.input import ProteinRecord, read_fasta
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.run.screen import ScreenSettings, run_screen
-from plmscreen.screening.store.store import open_store, query_named
+from plmscreen.screening.store.connection import open_store, query_named
 
 
 @pytest.fixture(scope="module")

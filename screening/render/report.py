@@ -1,6 +1,6 @@
 """A self-contained HTML report of one run: summary, flagged table, histogram, per-residue tracks.
 
-Everything is read through the store's guarded DuckDB views (``plmscreen.screening.store.store``); the figures
+Everything is read through the store's guarded DuckDB views (``plmscreen.screening.store``); the figures
 are matplotlib SVG inlined in the page, so it opens offline and can be mailed as one file.
 """
 
@@ -16,7 +16,10 @@ from typing import Any
 
 from plmscreen import screening
 from plmscreen.screening.render.table import flagged_html_columns
-from plmscreen.screening.store.store import QueryLimits, RunChanges, StoreError, open_store, previous_run
+from plmscreen.screening.store.connection import open_store
+from plmscreen.screening.store.guard import QueryLimits
+from plmscreen.screening.store.runs import RunChanges, previous_run
+from plmscreen.screening.errors import StoreError
 
 _REGION_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                   "#bcbd22", "#17becf"]

@@ -394,7 +394,7 @@ def prepare_run(
                    checkpoint_identity=checkpoint_identity)
     with plan.open_catalog() as catalog:
         if overwrite:
-            from plmscreen.screening.store.store import delete_run  # the one way a run is deleted (also `runs delete`)
+            from plmscreen.screening.store.runs import delete_run  # the one way a run is deleted (also `runs delete`)
 
             delete_run(store, run_id, catalog)
         info_dir = store / "runs" / run_id
@@ -595,7 +595,8 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
                 "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
     (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
     # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
-    from plmscreen.screening.store.store import StoreError, refresh_views
+    from plmscreen.screening.errors import StoreError
+    from plmscreen.screening.store.views import refresh_views
 
     try:
         refresh_views(plan.store)

@@ -1,0 +1,124 @@
+"""Where a store keeps its files (partitions, part files, run records) and the schema version of each file."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from plmscreen import schema
+from plmscreen.schema.arrow import METADATA_KEY
+from plmscreen.screening.errors import SchemaVersionError, StoreError
+
+DATABASE_NAME = "plmscreen.duckdb"
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+DATA_TABLES = ("residues", "sequences", "repeats")
+# Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
+PART_GLOB = "*/*/part-*.parquet"
+VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
+QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
+_INFO_TABLE = "plmscreen_views_info"
+_STORE_TOKEN = "@STORE@"
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+# Files and schema versions
+
+
+def _store_dir(store: str | Path, must_exist: bool = True) -> Path:
+    path = Path(store).expanduser().resolve()
+    if must_exist and not path.is_dir():
+        raise StoreError(f"{store}: no such store directory")
+    return path
+
+
+def database_path(store: str | Path) -> Path:
+    return _store_dir(store, must_exist=False) / DATABASE_NAME
+
+
+def data_files(store: str | Path, table: str | None = None) -> list[Path]:
+    """The complete Parquet files of ``table`` (or of every data table), as the views see them."""
+    root = _store_dir(store)
+    tables = DATA_TABLES if table is None else (table,)
+    return sorted(p for t in tables for p in (root / t).glob(PART_GLOB) if p.is_file())
+
+
+def file_schema_version(path: str | Path) -> int:
+    """The ``schema_version`` in a Parquet file's plmscreen metadata (a SchemaVersionError if absent)."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    except (OSError, pa.ArrowException) as exc:
+        raise SchemaVersionError(f"{path}: not a readable Parquet file ({exc})") from None
+    if raw is None:
+        raise SchemaVersionError(f"{path} has no plmscreen metadata: not written by plmscreen; move it out of the store")
+    try:
+        version = json.loads(raw)["schema_version"]
+    except (ValueError, KeyError, TypeError):
+        raise SchemaVersionError(f"{path}: plmscreen metadata without a schema_version") from None
+    if not isinstance(version, int):
+        raise SchemaVersionError(f"{path}: schema_version {version!r} is not an integer")
+    return version
+
+
+def _version_problem(path: Path, version: int) -> str:
+    from plmscreen import screening
+
+    known = ", ".join(str(v) for v in sorted(SUPPORTED_SCHEMA_VERSIONS))
+    if version > max(SUPPORTED_SCHEMA_VERSIONS):
+        return (f"{path} has Parquet schema version {version}, newer than this plmscreen "
+                f"{screening.__version__} reads (version {known}): upgrade plmscreen to query this store")
+    return (f"{path} has Parquet schema version {version}, older than this plmscreen "
+            f"{screening.__version__} reads (version {known}): re-run that screen, or delete the run")
+
+
+def check_schema_versions(store: str | Path, files: Sequence[Path] | None = None,
+                          con: duckdb.DuckDBPyConnection | None = None) -> dict[int, int]:
+    """Number of files per schema version; a SchemaVersionError naming the files of unknown versions.
+
+    The file footers are read by DuckDB in parallel (cheap: no data pages), on ``con`` if given
+    (it must still allow file access) or on a new in-memory connection."""
+    files = data_files(store) if files is None else list(files)
+    if not files:
+        return {}
+    own = con is None
+    con = duckdb.connect() if own else con
+    try:
+        rows = con.execute(
+            "SELECT file_name, decode(value) FROM parquet_kv_metadata($files) WHERE decode(key) = $key",
+            {"files": [str(f) for f in files], "key": METADATA_KEY.decode()},
+        ).fetchall()
+    except duckdb.Error:
+        rows = None  # some file is not even Parquet: let pyarrow say which
+    finally:
+        if own:
+            con.close()
+    counts: dict[int, int] = {}
+    problems: list[str] = []
+    if rows is None:
+        versions = {}
+        for f in files:
+            try:
+                versions[str(f)] = file_schema_version(f)
+            except SchemaVersionError as exc:
+                problems.append(str(exc))
+    else:
+        versions = {}
+        for name, value in rows:
+            try:
+                versions[name] = int(json.loads(value)["schema_version"])
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"{name}: plmscreen metadata without a valid schema_version")
+        for f in files:
+            if str(f) not in versions and not any(p.startswith(f"{f}:") for p in problems):
+                problems.append(f"{f} has no plmscreen metadata: not written by plmscreen; move it out of the store")
+    for name, version in versions.items():
+        counts[version] = counts.get(version, 0) + 1
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            problems.append(_version_problem(Path(name), version))
+    if problems:
+        more = f" (and {len(problems) - 3} more files)" if len(problems) > 3 else ""
+        raise SchemaVersionError("; ".join(problems[:3]) + more)
+    return counts
