@@ -79,7 +79,7 @@ def run_once(args, workers: int, store: Path) -> dict:
 
     from plmscreen.flows.clusters import task_runner
     from plmscreen.flows.screen import screen_proteome
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     flow = screen_proteome.with_options(task_runner=task_runner(workers=workers))
     started, cpu_before, server_before = time.perf_counter(), process_cpu(), server_cpu()
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     from plmscreen.flows.resources import auto_shard_tokens, cpu_cores
     from plmscreen.screening.input import read_fasta
-    from plmscreen.screening.run.screen import shard_cost
+    from plmscreen.screening.run.plan import shard_cost
 
     args.workers = args.workers or list(range(1, cpu_cores() + 1))
     if args.shard_tokens is None:

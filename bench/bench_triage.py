@@ -3,7 +3,7 @@
 The input is a seeded sample of a real proteome plus validation cases whose flags must not be
 missed: doubled proteins (x‖x), proteins carrying an inserted imperfect copy of their own
 segment (70-95% identity), and structurally verified tandem-repeat chains from the repeat
-benchmark. Both modes run ``plmscreen.screening.run.screen.score_shard`` with the same loaded model (exact
+benchmark. Both modes run ``plmscreen.screening.run.tables.score_shard`` with the same loaded model (exact
 first, then triage, then exact and triage again; the faster of each pair is kept). Reported:
 wall time per mode, the speed-up, the token count each mode ran through the model (a
 machine-independent cost), and flags missed or added by triage.
@@ -32,7 +32,7 @@ from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fas
 from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
 from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
-from plmscreen.screening.run.screen import score_shard  # noqa: E402
+from plmscreen.screening.run.tables import score_shard  # noqa: E402
 
 AMINO = STANDARD_ALPHABET
 

@@ -50,7 +50,7 @@ from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fas
 from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
 from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
-from plmscreen.screening.run.screen import score_shard  # noqa: E402
+from plmscreen.screening.run.tables import score_shard  # noqa: E402
 
 AMINO = STANDARD_ALPHABET
 FACTORS = (1.02, 1.05, 1.10, 1.15, 1.20, 1.30, 1.50)

@@ -76,9 +76,9 @@ def _shard_progress(contents, settings, store: Path, catalog_url, enabled: bool)
 
     from tqdm import tqdm
 
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
     from plmscreen.screening.model.checkpoints import file_sha256, resolve_checkpoint
-    from plmscreen.screening.run.screen import run_id_for
+    from plmscreen.screening.run.plan import run_id_for
 
     _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     run_id = run_id_for(contents.sha256, file_sha256(checkpoint), settings)
@@ -264,7 +264,9 @@ def screen(
     from plmscreen.screening.score.metrics import FlagRule
     from plmscreen.screening.model.checkpoints import check_checkpoint, resolve_checkpoint
     from plmscreen.screening.score.scorer import ScoringOptions
-    from plmscreen.screening.run.screen import TRIAGE_SHARD_SCALE, ScreenSettings, run_screen, shard_cost
+    from plmscreen.screening.run.lifecycle import run_screen
+    from plmscreen.screening.run.plan import shard_cost
+    from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE, ScreenSettings
 
     try:
         settings = ScreenSettings(
@@ -376,7 +378,7 @@ def repeats(
     from plmscreen.screening.input import InvalidFastaError, read_fasta, write_rejects
     from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
     from plmscreen.screening.score.repeats import RepeatParams, find_repeats
-    from plmscreen.screening.run.screen import repeat_table
+    from plmscreen.screening.run.tables import repeat_table
 
     try:
         contents = read_fasta(input)

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from plmscreen.screening.run.screen import plan_cost_ranges
+from plmscreen.screening.run.plan import plan_cost_ranges
 
 # Enough shards per worker that the last ones are short next to the whole (Dask hands the next
 # shard to whichever worker frees first), few enough that per-shard work (Prefect task run,

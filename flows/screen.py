@@ -28,8 +28,10 @@ from plmscreen.screening.render.table import flagged_markdown
 from plmscreen.screening.store.runs import run_changes
 from plmscreen.screening.errors import StoreError
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
-from plmscreen.screening.run.screen import (TRIAGE_SHARD_SCALE, RunPlan, ScorerCache, ScreenSettings, ScreenSummary, ShardManifest,
-                              finalize_run, prepare_run, process_shard)
+from plmscreen.screening.run.lifecycle import ScreenSummary, ShardManifest, finalize_run, process_shard
+from plmscreen.screening.run.plan import RunPlan, prepare_run
+from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE, ScreenSettings
+from plmscreen.screening.run.workers import ScorerCache
 
 SHARD_RETRIES = 2
 

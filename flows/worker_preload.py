@@ -9,4 +9,4 @@ import torch  # noqa: F401
 
 import plmscreen.flows.screen  # noqa: F401
 import plmscreen.screening.score.scorer  # noqa: F401
-import plmscreen.screening.run.screen  # noqa: F401
+import plmscreen.screening.run.lifecycle  # noqa: F401

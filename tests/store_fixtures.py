@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from plmscreen.screening.score.metrics import FlagRule
-from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.settings import ScreenSettings
 
 from sequences import SINGLE_DOUBLED_SHORT
 

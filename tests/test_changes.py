@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 from plmscreen.screening.input import read_fasta
-from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.settings import ScreenSettings
 from plmscreen.screening.store.runs import run_changes
 
 

@@ -133,7 +133,8 @@ def fasta(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(fasta, tiny_checkpoint, tmp_path_factory):
-    from plmscreen.screening.run.screen import ScreenSettings, run_screen
+    from plmscreen.screening.run.lifecycle import run_screen
+    from plmscreen.screening.run.settings import ScreenSettings
 
     store = tmp_path_factory.mktemp("reference")
     run_screen(fasta, store, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))

@@ -22,7 +22,9 @@ import pytest
 
 from conftest import example_fasta
 from plmscreen.screening.input import read_fasta
-from plmscreen.screening.run.screen import ScreenSettings, plan_shards, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.plan import plan_shards
+from plmscreen.screening.run.settings import ScreenSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -224,9 +226,9 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
-    import plmscreen.screening.run.screen as screen_module
+    import plmscreen.screening.run.lifecycle as screen_module
     from plmscreen.flows.screen import SHARD_RETRIES, screen_proteome
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     bad_id = read_fasta(fasta).records[11].seq_id
     real_score_shard = screen_module.score_shard
@@ -282,7 +284,7 @@ def test_two_flows_of_one_run_compute_each_shard_once(backend, fasta, n_shards, 
     """A cron run overlapping a manual rerun: both flows finish, and no shard is claimed (so scored)
     twice: a claim is only ever won by the one process that then scores the shard."""
     from postgres import fresh_database
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     store = tmp_path / "store"
     with contextlib.ExitStack() as stack:
@@ -316,7 +318,7 @@ def test_gpu_deployment_runs_one_worker_per_visible_gpu(fasta, n_shards, referen
     from prefect.testing.utilities import prefect_test_harness
 
     from plmscreen.flows.gpu import screen_proteome_gpu
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -17,14 +17,18 @@ import pytest
 from conftest import example_fasta, write_esm2_checkpoint
 from postgres import fresh_database
 from plmscreen.screening.input import read_fasta
-from plmscreen.screening.run.screen import ScreenSettings, plan_shards
+from plmscreen.screening.run.plan import plan_shards
+from plmscreen.screening.run.settings import ScreenSettings
 
 SHARD_TOKENS = 20_000
 
 # One screen driver: plan the run, then process every shard with a scorer that logs each call.
 DRIVER = r"""
 import json, sys
-from plmscreen.screening.run.screen import ScorerCache, ScreenSettings, prepare_run, process_shard
+from plmscreen.screening.run.lifecycle import process_shard
+from plmscreen.screening.run.plan import prepare_run
+from plmscreen.screening.run.settings import ScreenSettings
+from plmscreen.screening.run.workers import ScorerCache
 fasta, store, checkpoint, catalog_url, log, shard_tokens = sys.argv[1:7]
 settings = ScreenSettings(model=checkpoint, device="cpu", shard_tokens=int(shard_tokens))
 plan = prepare_run(fasta, store, settings, catalog_url=catalog_url or None)
@@ -86,8 +90,9 @@ def test_two_concurrent_screens_of_one_run_score_each_shard_once(backend, fasta,
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path, checkpoint, fasta):
-    from plmscreen.schema.catalog import Catalog
-    from plmscreen.screening.run.screen import claim_or_wait, prepare_run
+    from plmscreen.screening.run.catalog import Catalog
+    from plmscreen.screening.run.claims import claim_or_wait
+    from plmscreen.screening.run.plan import prepare_run
 
     plan = prepare_run(fasta, tmp_path / "store", ScreenSettings(model=str(checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -103,8 +108,9 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path, checkpoint, 
 
 
 def test_a_live_holder_elsewhere_is_waited_for_until_its_lease_runs_out(tmp_path, checkpoint, fasta):
-    from plmscreen.schema.catalog import Catalog
-    from plmscreen.screening.run.screen import claim_or_wait, prepare_run
+    from plmscreen.screening.run.catalog import Catalog
+    from plmscreen.screening.run.claims import claim_or_wait
+    from plmscreen.screening.run.plan import prepare_run
 
     plan = prepare_run(fasta, tmp_path / "store", ScreenSettings(model=str(checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))
     with Catalog.open(None, tmp_path / "store") as catalog:

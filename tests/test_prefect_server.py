@@ -83,7 +83,7 @@ def screened(server, tiny_checkpoint, tmp_path_factory):
 
 
 def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     url, run_id, store = screened
     flows = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "screen "}}})
@@ -179,7 +179,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(server, tmp_path):
     """Production's path: `prefect deploy` of sample-nightly, a `prefect worker` process polling its
     pool, and two runs scheduled at the same moment (a cron run and a manual one). Both complete,
     the store and catalog hold the run, every shard was computed once, and the UI shows the run."""
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     url, env = server
     store = tmp_path / "store"
@@ -221,7 +221,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(server, tmp_path):
 
 def test_served_flow_runs_when_its_schedule_fires(server, tmp_path):
     """deploy/serve.py: the single-machine way, no work pool."""
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     url, env = server
     store = tmp_path / "store"

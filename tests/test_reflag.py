@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO
 from plmscreen.screening.input import ProteinRecord, read_fasta
 from plmscreen.screening.score.metrics import FlagRule
-from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.settings import ScreenSettings
 from plmscreen.screening.store.connection import open_store, query_named
 
 

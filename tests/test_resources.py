@@ -18,7 +18,8 @@ from plmscreen.flows.resources import (
     visible_gpus,
     worker_memory_bytes,
 )
-from plmscreen.screening.run.screen import TRIAGE_SHARD_SCALE, plan_cost_ranges, shard_cost
+from plmscreen.screening.run.plan import plan_cost_ranges, shard_cost
+from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE
 
 GiB = 1 << 30
 PLENTY = 1 << 40

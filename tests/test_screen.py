@@ -13,7 +13,8 @@ import pytest
 from plmscreen.schema.arrow import RESIDUES_SCHEMA, SCHEMA_VERSION, SEQUENCES_SCHEMA
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.store.parquet import read_metadata
-from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.settings import ScreenSettings
 
 from sequences import SINGLE_DOUBLED_SHORT as FASTA
 from sequences import UNIT
@@ -230,7 +231,7 @@ def test_cli_version_and_help():
 def test_only_settings_that_change_numbers_or_flags_name_a_run():
     from plmscreen.screening.score.metrics import FlagRule
     from plmscreen.screening.score.scorer import ScoringOptions
-    from plmscreen.screening.run.screen import run_id_for
+    from plmscreen.screening.run.plan import run_id_for
 
     def run_id(**changes):
         return run_id_for("in" * 32, "ck" * 32, ScreenSettings(**changes))
@@ -247,9 +248,10 @@ def test_only_settings_that_change_numbers_or_flags_name_a_run():
 def test_rerun_with_a_smaller_batch_resumes_and_keeps_finished_shards(tmp_path, tiny_checkpoint):
     """After an out-of-memory failure the user reruns with a smaller --batch-tokens (and perhaps a
     new shard size): finished shards are kept, the others are scored, the numbers are the same."""
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
     from plmscreen.screening.score.scorer import Scorer, ScoringOptions
-    from plmscreen.screening.run.screen import prepare_run, process_shard
+    from plmscreen.screening.run.lifecycle import process_shard
+    from plmscreen.screening.run.plan import prepare_run
 
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">p{k}\nMKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ{'AG' * k}\n" for k in range(8)))

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from plmscreen.schema.arrow import METADATA_KEY, SCHEMA_VERSION
 from plmscreen.screening import store as st
 from plmscreen.cli.main import app
-from plmscreen.screening.run.screen import ScreenSettings, run_screen
+from plmscreen.screening.run.lifecycle import run_screen
+from plmscreen.screening.run.settings import ScreenSettings
 from store_fixtures import FASTA, SEQ_IDS, copy_store, parquet_rows, shared_store
 
 runner = CliRunner()
@@ -494,7 +495,7 @@ def test_rerunning_the_same_input_does_not_duplicate_rows(tmp_path, tiny_checkpo
 
 
 def test_delete_run_removes_files_and_catalog_rows_together(shared, tmp_path):
-    from plmscreen.schema.catalog import Catalog
+    from plmscreen.screening.run.catalog import Catalog
 
     store = copy_store(shared, tmp_path / "store")
     with Catalog.open(None, store) as cat:  # run_screen registered both runs in STORE/catalog.sqlite

@@ -14,7 +14,7 @@ from plmscreen.screening.input import ProteinRecord, read_fasta
 from plmscreen.screening.score.metrics import FlagRule, could_flag
 from plmscreen.screening.score.repeats import RepeatParams
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
-from plmscreen.screening.run.screen import score_shard
+from plmscreen.screening.run.tables import score_shard
 from conftest import REPO
 
 
@@ -190,7 +190,8 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
 
 def test_triage_shards_hold_more_sequences(records):
     """Triage does ~1/9 of exact mode's work per sequence, so the same budget plans fewer, fuller shards."""
-    from plmscreen.screening.run.screen import ScreenSettings, plan_shards
+    from plmscreen.screening.run.plan import plan_shards
+    from plmscreen.screening.run.settings import ScreenSettings
 
     exact = ScreenSettings(shard_tokens=40_000)
     triage = ScreenSettings(shard_tokens=40_000, mode="triage")
@@ -228,7 +229,8 @@ def test_screen_of_a_residue_whose_partners_hold_every_letter(tmp_path):
     import pyarrow.parquet as pq
 
     from plmscreen.screening.score.repeats import find_repeats, partner_details
-    from plmscreen.screening.run.screen import ScreenSettings, run_screen
+    from plmscreen.screening.run.lifecycle import run_screen
+    from plmscreen.screening.run.settings import ScreenSettings
 
     sequence = lrr_like_sequence()
     details = partner_details(len(sequence), find_repeats(sequence, RepeatParams()))

@@ -11,7 +11,9 @@ import torch
 from conftest import write_esm2_checkpoint
 from plmscreen.screening import model as model_module
 from plmscreen.screening.model.checkpoints import ModelLoadError
-from plmscreen.screening.run.screen import ScorerCache, ScreenSettings, prepare_run
+from plmscreen.screening.run.plan import prepare_run
+from plmscreen.screening.run.settings import ScreenSettings
+from plmscreen.screening.run.workers import ScorerCache
 
 FASTA = ">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSTNPKPQRKTKRNTNRRPQDV\n"
 

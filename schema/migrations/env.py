@@ -8,7 +8,9 @@ Programmatic use (what ``Catalog.open`` does): ``schema.catalog.alembic_config()
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from plmscreen.schema.catalog import Base, catalog_url
+from plmscreen.schema.catalog import Base
+
+from plmscreen.screening.run.catalog import catalog_url
 
 config = context.config
 target_metadata = Base.metadata

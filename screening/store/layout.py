@@ -122,3 +122,9 @@ def check_schema_versions(store: str | Path, files: Sequence[Path] | None = None
         more = f" (and {len(problems) - 3} more files)" if len(problems) > 3 else ""
         raise SchemaVersionError("; ".join(problems[:3]) + more)
     return counts
+
+
+def run_dir(store: Path, table: str, model_name: str, run_id: str) -> Path:
+    """Hive partitions: STORE/<table>/model=<model>/run=<run_id>/part-NNNNN.parquet."""
+    model_part = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+    return Path(store) / table / f"model={model_part}" / f"run={run_id}"

@@ -1,0 +1,174 @@
+"""A screen: FASTA → validated records → shards → scores → Parquet, with the catalog keeping count.
+
+- ``prepare_run`` validates the input, names the run (input, checkpoint and parameters decide its
+  id), plans shards balanced by cost and registers run and shards in the catalog;
+- ``process_shard`` scores one shard and writes its files atomically, then marks it done; a shard
+  the catalog already has as done is skipped, so a rerun or a recomputed task never duplicates;
+- ``finalize_run`` closes the run in the catalog and collects the flagged sequences.
+``run_screen`` chains them in this process; ``flows/`` runs ``process_shard`` on Dask workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plmscreen.schema.catalog import Catalog
+from plmscreen.screening.input import ProteinRecord
+from plmscreen.screening.model.checkpoints import (
+    LoadedModel,
+    load_model,
+)
+from plmscreen.screening.run.claims import claim_lease_seconds, claim_or_wait, lease_heartbeat
+from plmscreen.screening.run.plan import RunPlan, prepare_run
+from plmscreen.screening.run.settings import ScreenSettings
+from plmscreen.screening.run.tables import score_shard, write_shard
+from plmscreen.screening.score.scorer import Scorer
+from plmscreen.screening.store.layout import run_dir
+
+
+@dataclass
+class ScreenSummary:
+    out_dir: Path
+    run_id: str
+    n_input: int
+    n_scored: int
+    n_rejected: int
+    n_residues: int
+    flagged: list[dict]
+    files: list[Path]
+    rejects_file: Path | None
+    seconds: float
+    model: dict
+    n_shards: int = 0
+    n_shards_skipped: int = 0  # already done in the catalog (resumed run)
+    failed_shards: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """Plain values only: what a flow returns and the CLI prints."""
+        return {
+            "run_id": self.run_id,
+            "store": str(self.out_dir),
+            "n_input": self.n_input,
+            "n_scored": self.n_scored,
+            "n_rejected": self.n_rejected,
+            "n_residues": self.n_residues,
+            "n_shards": self.n_shards,
+            "n_shards_skipped": self.n_shards_skipped,
+            "failed_shards": list(self.failed_shards),
+            "flagged": self.flagged,
+            "rejects_file": str(self.rejects_file) if self.rejects_file else None,
+            "seconds": self.seconds,
+            "model": self.model,
+        }
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """What a shard task returns: small, never arrays."""
+
+    shard: int
+    n_sequences: int
+    n_residues: int
+    n_flagged: int
+    files: tuple[str, ...]
+    seconds: float
+    skipped: bool  # already done in the catalog
+
+
+def process_shard(
+    scorer: Scorer,
+    plan: RunPlan,
+    shard: int,
+    catalog: Catalog,
+    on_sequence_done: Callable[[ProteinRecord], None] | None = None,
+) -> ShardManifest:
+    """Score one shard and write its files, unless it is done (or gets done by the holder of its
+    claim while this waits: see ``claim_or_wait``)."""
+    records = plan.shard_records(shard)
+    n_residues = sum(len(r.sequence) for r in records)
+    lease = claim_lease_seconds()
+    if not claim_or_wait(catalog, plan.run_id, shard, lease):
+        state = catalog.shard(plan.run_id, shard)
+        return ShardManifest(shard, len(records), n_residues, -1, tuple(state.output_files), 0.0, True)
+    started = time.perf_counter()
+    try:
+        with lease_heartbeat(catalog, plan.run_id, shard, lease):
+            tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done,
+                                 mode=plan.settings.mode, diagnostics=plan.settings.diagnostics)
+            files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
+    except Exception as exc:
+        catalog.mark_shard_failed(plan.run_id, shard, f"{type(exc).__name__}: {exc}")
+        raise
+    seconds = time.perf_counter() - started
+    catalog.mark_shard_done(plan.run_id, shard, [str(f) for f in files], seconds)
+    n_flagged = sum(tables.sequences.column("flagged").to_pylist())
+    return ShardManifest(shard, len(records), n_residues, n_flagged, tuple(str(f) for f in files), seconds, False)
+
+
+def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequence[int], seconds: float, model: dict) -> ScreenSummary:
+    """Close the run in the catalog and gather its flagged sequences from the written shards."""
+    import pyarrow.parquet as pq
+
+    with plan.open_catalog() as catalog:
+        catalog.finish_run(plan.run_id, "failed" if failed else "done")
+    flagged: list[dict] = []
+    files = sorted(run_dir(plan.store, "sequences", plan.model_name, plan.run_id).glob("part-*.parquet"))
+    for path in files:
+        flagged += [row for row in pq.read_table(path).to_pylist() if row["flagged"]]
+    summary = ScreenSummary(
+        out_dir=plan.store,
+        run_id=plan.run_id,
+        n_input=len(plan.records) + sum(1 for r in plan.rejects if r.record_number > 0),
+        n_scored=sum(m.n_sequences for m in manifests),
+        n_rejected=len(plan.rejects),
+        n_residues=sum(m.n_residues for m in manifests),
+        flagged=sorted(flagged, key=lambda row: -row["inflation_factor"]),
+        files=[Path(f) for m in manifests for f in m.files],
+        rejects_file=plan.rejects_file,
+        seconds=seconds,
+        model=model,
+        n_shards=len(plan.shards),
+        n_shards_skipped=sum(m.skipped for m in manifests),
+        failed_shards=list(failed),
+    )
+    run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
+                "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
+    (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
+    # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
+    from plmscreen.screening.errors import StoreError
+    from plmscreen.screening.store.views import refresh_views
+
+    try:
+        refresh_views(plan.store)
+    except StoreError:
+        pass
+    return summary
+
+
+def run_screen(
+    input_path: str | Path,
+    out_dir: str | Path,
+    settings: ScreenSettings = ScreenSettings(),
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+    on_sequence_done: Callable[[ProteinRecord], None] | None = None,
+    on_start: Callable[[list[ProteinRecord]], None] | None = None,
+    catalog_url: str | None = None,
+) -> ScreenSummary:
+    """Screen a FASTA file into the store ``out_dir`` in this process; a rerun resumes the same run."""
+    started = time.perf_counter()
+    plan = prepare_run(input_path, out_dir, settings, skip_invalid, overwrite, catalog_url)
+    with plan.open_catalog() as catalog:
+        pending = {s.index for s in catalog.unfinished_shards(plan.run_id)}
+        if pending and loaded is None:
+            loaded = load_model(settings.model, settings.weights_dir, settings.device,
+                                expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
+        model = loaded.describe() if loaded is not None else {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256}
+        if on_start is not None:
+            on_start([r for i in sorted(pending) for r in plan.shard_records(i)])
+        scorer = Scorer(loaded, settings.scoring) if loaded is not None else None
+        manifests = [process_shard(scorer, plan, shard, catalog, on_sequence_done) for shard in plan.shards]
+    return finalize_run(plan, manifests, [], time.perf_counter() - started, model)

@@ -1,0 +1,171 @@
+"""A run's plan: the input read and validated once, the run named, shards planned by cost and registered.
+
+``prepare_run`` is the only code that reads the input and names a run; the CLI, the flow and the
+progress bar all work from the RunPlan it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from plmscreen import screening
+from plmscreen.schema.arrow import SCHEMA_VERSION
+from plmscreen.schema.catalog import Catalog, CatalogError
+from plmscreen.screening.input import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
+from plmscreen.screening.model.checkpoints import (
+    ESM2_MAX_RESIDUES,
+    CheckpointIdentity,
+    file_sha256,
+    resolve_checkpoint,
+)
+from plmscreen.screening.run.settings import ScreenSettings
+
+
+def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
+    """Tokens a sequence costs to score exactly: L masked copies of min(L, window) tokens."""
+    return length * min(length, window)
+
+
+def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive record ranges (first, last; 0-based inclusive) of about ``shard_tokens`` cost each."""
+    return plan_cost_ranges([shard_cost(len(record.sequence)) for record in records], shard_tokens)
+
+
+def plan_cost_ranges(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive index ranges whose costs add up to at most ``budget`` (a single larger item alone)."""
+    shards: list[tuple[int, int]] = []
+    first, total = 0, 0
+    for index, cost in enumerate(costs):
+        if index > first and total + cost > budget:
+            shards.append((first, index - 1))
+            first, total = index, 0
+        total += cost
+    if costs:
+        shards.append((first, len(costs) - 1))
+    return shards
+
+
+def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings) -> str:
+    """The same input, checkpoint and parameters always name the same run (reruns resume, never duplicate)."""
+    key = json.dumps({"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.identity()}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunPlan:
+    """A registered run: what every shard task needs to know, small enough to ship to workers."""
+
+    run_id: str
+    store: Path
+    catalog_url: str | None
+    settings: ScreenSettings
+    model_name: str
+    checkpoint_sha256: str
+    input_path: Path
+    input_sha256: str
+    records: list[ProteinRecord]
+    rejects: list[RejectedRecord]
+    shards: dict[int, tuple[int, int]]  # shard index -> (first, last) record, 0-based inclusive
+    metadata: dict
+    rejects_file: Path | None = None
+    records_offset: int = 0  # index of records[0] in the input (non-zero in a one-shard slice)
+    checkpoint_identity: CheckpointIdentity | None = None  # the file version that was hashed
+
+    def shard_records(self, index: int) -> list[ProteinRecord]:
+        first, last = self.shards[index]
+        return self.records[first - self.records_offset : last - self.records_offset + 1]
+
+    def for_shard(self, index: int) -> RunPlan:
+        """The plan cut down to one shard's records: what a worker task needs, nothing more."""
+        first, _ = self.shards[index]
+        return dataclasses.replace(self, records=self.shard_records(index), rejects=[],
+                                   shards={index: self.shards[index]}, records_offset=first)
+
+    def open_catalog(self) -> Catalog:
+        return Catalog.open(self.catalog_url, self.store)
+
+def register_shards(catalog: Catalog, run_id: str, records: Sequence[ProteinRecord],
+                    planned: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """Register ``planned`` shards unless the run already has some; return the run's shards.
+
+    A run keeps the shards it was first planned with: a resumed run (or a second flow of it)
+    started with another shard size or worker count works on the registered shards, so finished
+    shards stay finished and no record is in two shards."""
+    def registered() -> dict[int, tuple[int, int]]:
+        return {s.index: (s.first, s.last) for s in catalog.shards(run_id)}
+
+    stored = registered()
+    if stored:
+        return stored
+    try:
+        catalog.add_shards(run_id, [(index, first, last, [(r.seq_id, r.sha256) for r in records[first : last + 1]])
+                                    for index, (first, last) in planned.items()])
+    except CatalogError:
+        if not registered():
+            raise
+    return registered()  # a concurrent flow of this run may have registered its plan first
+
+
+def prepare_run(
+    input_path: str | Path,
+    store: str | Path,
+    settings: ScreenSettings = ScreenSettings(),
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    catalog_url: str | None = None,
+    shard_tokens_for: Callable[[list[int]], int] | None = None,
+) -> RunPlan:
+    """Validate the input, name the run, plan its shards and register them (idempotent).
+
+    ``shard_tokens_for`` (the records' scoring costs → a shard budget) replaces
+    ``settings.shard_tokens`` when the shard size depends on the input, as when a flow sizes
+    shards for the cluster it runs on: the input is read here only."""
+    input_path, store = Path(input_path), Path(store)
+    contents = read_fasta(input_path)
+    if contents.rejects and not skip_invalid:
+        raise InvalidFastaError(input_path, contents.rejects)
+    if shard_tokens_for is not None:
+        costs = [shard_cost(len(r.sequence)) for r in contents.records]
+        settings = dataclasses.replace(settings, shard_tokens=shard_tokens_for(costs))
+    model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
+    checkpoint_identity = CheckpointIdentity.of(checkpoint)
+    checkpoint_sha256 = file_sha256(checkpoint)
+    run_id = run_id_for(contents.sha256, checkpoint_sha256, settings)
+    store.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "schema_version": SCHEMA_VERSION,
+        "plmscreen_version": screening.__version__,
+        "run_id": run_id,
+        "model_name": model_name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_path": str(checkpoint),
+        "input_path": str(input_path),
+        "input_sha256": contents.sha256,
+        "parameters": settings.parameters(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),  # microseconds: runs made within one second still order
+    }
+    plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
+                   contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_budget))), metadata,
+                   checkpoint_identity=checkpoint_identity)
+    with plan.open_catalog() as catalog:
+        if overwrite:
+            from plmscreen.screening.store.runs import delete_run  # the one way a run is deleted (also `runs delete`)
+
+            delete_run(store, run_id, catalog)
+        info_dir = store / "runs" / run_id
+        info_dir.mkdir(parents=True, exist_ok=True)
+        if contents.rejects:
+            plan.rejects_file = info_dir / "rejects.tsv"
+            write_rejects(contents.rejects, plan.rejects_file)
+        catalog.register_run(run_id, input_path=input_path, input_sha256=contents.sha256, model_name=model_name,
+                             checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
+                             plmscreen_version=screening.__version__, store_path=store)
+        plan.shards = register_shards(catalog, run_id, contents.records, plan.shards)
+        # Claims left "running" stay: their holder may be alive (another flow of this run). A dead
+        # holder's claim is taken over by the shard's task (claim_or_wait).
+    return plan
