@@ -87,7 +87,8 @@ def _run_query(store: Path, sql: str | None, name: str | None, params: dict[str,
 
 def _open_catalog(store: Path, url: str | None):
     """The catalog named by ``url``, or STORE/catalog.sqlite if it exists, else None."""
-    from plmscreen.schema.catalog import CATALOG_FILENAME, CatalogError
+    from plmscreen.schema.catalog import CATALOG_FILENAME
+    from plmscreen.screening.errors import CatalogError
     from plmscreen.screening.run.catalog import Catalog
 
     if url is None and not (store / CATALOG_FILENAME).exists():

@@ -43,7 +43,8 @@ def validate(
     import torch
 
     from plmscreen.screening.model.checkpoints import ModelLoadError
-    from plmscreen.screening.experiments.validate import PRESETS, ValidationInputError, run_validation
+    from plmscreen.screening.experiments.settings import PRESETS, ValidationInputError
+    from plmscreen.screening.experiments.validate import run_validation
 
     if threads is not None:
         if threads < 1:

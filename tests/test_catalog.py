@@ -13,7 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from plmscreen.schema.catalog import CATALOG_FILENAME, Base, CatalogError, alembic_config
+from plmscreen.schema.catalog import CATALOG_FILENAME, Base, alembic_config
+
+from plmscreen.screening.errors import CatalogError
 
 from plmscreen.screening.run.catalog import Catalog, ShardSpec, catalog_url
 from postgres import PG_URL, fresh_schema

@@ -12,8 +12,8 @@ from plmscreen.screening.model.checkpoints import ModelLoadError
 from plmscreen.screening.score.repeats import InvalidSequenceError
 from plmscreen.screening.store.guard import QueryLimitExceeded
 from plmscreen.screening.errors import QueryError, QueryRefused, SchemaVersionError, StoreError
-from plmscreen.screening.experiments.validate import ValidationInputError
-from plmscreen.schema.catalog import CatalogError
+from plmscreen.screening.experiments.settings import ValidationInputError
+from plmscreen.screening.errors import CatalogError
 
 
 @pytest.mark.parametrize("cls, stage, code", [

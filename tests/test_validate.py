@@ -17,17 +17,10 @@ from plmscreen.screening.input import read_fasta
 from plmscreen.screening.model.checkpoints import load_model
 from plmscreen.screening.score.repeats import find_repeats
 from plmscreen.screening.score.scorer import Scorer
-from plmscreen.screening.experiments.validate import (
-    DEFAULT_FASTA,
-    PRESETS,
-    ValidationSettings,
-    central_segment,
-    copy_partners,
-    mutate_to_identity,
-    run_validation,
-    sign_test_greater,
-    check_greater,
-)
+from plmscreen.screening.experiments.constructs import central_segment, copy_partners, mutate_to_identity
+from plmscreen.screening.experiments.settings import DEFAULT_FASTA, PRESETS, ValidationSettings
+from plmscreen.screening.experiments.statistics import sign_test_greater, check_greater
+from plmscreen.screening.experiments.validate import run_validation
 
 EXPERIMENTS = ("doubling", "partner_masking", "copy_following", "imperfect_repeats", "unit_length", "controls")
 QUICK = PRESETS["quick"]

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plmscreen.screening.experiments.validate import Experiment, ValidationReport  # noqa: E402
+from plmscreen.screening.experiments.results import Experiment, ValidationReport  # noqa: E402
 
 SHOWN, NOT_SHOWN = "shown", "not shown"
 

@@ -27,7 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plmscreen.schema.catalog import _CLAIMABLE, _MAX_ERROR_CHARS, CATALOG_FILENAME, RUN_STATES, SHARD_STATES, InputSequence, Run, Shard, _utcnow, alembic_config
+from plmscreen.schema.catalog import (
+    _CLAIMABLE,
+    _MAX_ERROR_CHARS,
+    CATALOG_FILENAME,
+    RUN_STATES,
+    SHARD_STATES,
+    InputSequence,
+    Run,
+    Shard,
+    _utcnow,
+    alembic_config,
+)
 from plmscreen.screening.errors import CatalogError
 from sqlalchemy import (
     and_,

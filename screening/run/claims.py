@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from plmscreen.schema.catalog import Catalog
+from plmscreen.screening.run.catalog import Catalog
 
 # A shard claim is a lease: its holder renews it every third of this, and a claim not renewed for
 # this long is taken over (its holder died on another node; on this host a dead holder is seen at

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plmscreen.schema.catalog import Catalog
 from plmscreen.screening.input import ProteinRecord
 from plmscreen.screening.model.checkpoints import (
     LoadedModel,
     load_model,
 )
+from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.claims import claim_lease_seconds, claim_or_wait, lease_heartbeat
 from plmscreen.screening.run.plan import RunPlan, prepare_run
 from plmscreen.screening.run.settings import ScreenSettings

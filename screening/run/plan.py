@@ -15,7 +15,7 @@ from pathlib import Path
 
 from plmscreen import screening
 from plmscreen.schema.arrow import SCHEMA_VERSION
-from plmscreen.schema.catalog import Catalog, CatalogError
+from plmscreen.screening.errors import CatalogError
 from plmscreen.screening.input import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
 from plmscreen.screening.model.checkpoints import (
     ESM2_MAX_RESIDUES,
@@ -23,6 +23,7 @@ from plmscreen.screening.model.checkpoints import (
     file_sha256,
     resolve_checkpoint,
 )
+from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.settings import ScreenSettings
 
 

@@ -63,6 +63,9 @@ Guarantees
 # The store's public API, one import away (``from plmscreen.screening import store``); each name
 # lives in the module that says what it is.
 from plmscreen.screening.errors import QueryError, QueryRefused, SchemaVersionError, StoreError  # noqa: F401
+from plmscreen.screening.render.results import format_result, write_result  # noqa: F401
+from plmscreen.screening.store.connection import Store, open_store, query, query_named  # noqa: F401
+from plmscreen.screening.store.guard import QueryLimitExceeded, QueryLimits, default_memory_limit, validate_sql  # noqa: F401
 from plmscreen.screening.store.layout import (  # noqa: F401
     DATABASE_NAME,
     SUPPORTED_SCHEMA_VERSIONS,
@@ -71,9 +74,6 @@ from plmscreen.screening.store.layout import (  # noqa: F401
     database_path,
     file_schema_version,
 )
-from plmscreen.screening.store.guard import QueryLimitExceeded, QueryLimits, default_memory_limit, validate_sql  # noqa: F401
 from plmscreen.screening.store.queries import NamedQuery, QueryParam, bind_params, named_queries  # noqa: F401
-from plmscreen.screening.store.views import refresh_views  # noqa: F401
-from plmscreen.screening.store.connection import Store, open_store, query, query_named  # noqa: F401
 from plmscreen.screening.store.runs import DeletedRun, RunChanges, delete_run, previous_run, run_changes, store_runs  # noqa: F401
-from plmscreen.screening.render.results import format_result, write_result  # noqa: F401
+from plmscreen.screening.store.views import refresh_views  # noqa: F401

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from plmscreen.schema.arrow import METADATA_KEY
 
 
