@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-
 from plmscreen.screening.errors import EXIT_BAD_INPUT
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from plmscreen.cli.errors import fail
 from plmscreen.screening.errors import EXIT_QUERY_LIMIT
 
@@ -185,7 +184,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Sequences newly flagged, no longer flagged, added, removed or changed since the previous screen."""
         import pyarrow as pa
-
         from plmscreen.screening import store as st
 
         try:
@@ -209,7 +207,6 @@ def register(app: typer.Typer) -> None:
     def runs_list(store: StoreArg, catalog: CatalogOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
         """Runs in the store (from run.json and the Parquet files) with their catalog status."""
         import pyarrow as pa
-
         from plmscreen.screening import store as st
 
         try:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from plmscreen.cli.errors import fail
 
 
@@ -41,10 +40,9 @@ def validate(
     """Measure whether a model copies from repeat partners (arXiv 2504.17068): doubling, partner
     masking, partner mutation, imperfect repeats, unit length and spacing, with controls."""
     import torch
-
-    from plmscreen.screening.model.checkpoints import ModelLoadError
     from plmscreen.screening.experiments.settings import PRESETS, ValidationInputError
     from plmscreen.screening.experiments.validate import run_validation
+    from plmscreen.screening.model.checkpoints import ModelLoadError
 
     if threads is not None:
         if threads < 1:

@@ -15,8 +15,10 @@ if __name__ == "__main__":
         parameters={
             "input": os.environ.get("PLMSCREEN_INPUT", "examples/sample.fasta"),
             "store": os.environ.get("PLMSCREEN_STORE", "plmscreen-store"),
-            "model": os.environ.get("PLMSCREEN_MODEL", "plmscreen-mini"),
-            "weights_dir": os.environ.get("PLMSCREEN_WEIGHTS_DIR"),
+            "settings": {  # one ScreenSettings; omitted fields keep their defaults
+                "model": os.environ.get("PLMSCREEN_MODEL", "plmscreen-mini"),
+                "weights_dir": os.environ.get("PLMSCREEN_WEIGHTS_DIR"),
+            },
             "skip_invalid": True,
         },
     )

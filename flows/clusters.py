@@ -156,7 +156,7 @@ def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: 
     return cpu_task_runner(workers or default_workers())
 
 
-WORKER_PRELOAD = "flows.worker_preload"
+WORKER_PRELOAD = "plmscreen.flows.worker_preload"
 
 
 def start_planned_cluster(plan: ClusterPlan, env: dict | None = None):

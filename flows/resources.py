@@ -22,13 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from plmscreen.screening.run.plan import plan_cost_ranges
+from plmscreen.screening.run.settings import MAX_SHARD_TOKENS
 
 # Enough shards per worker that the last ones are short next to the whole (Dask hands the next
 # shard to whichever worker frees first), few enough that per-shard work (Prefect task run,
 # Parquet files, catalog) stays small.
 SHARDS_PER_SLOT = 4
-# A shard is also what a crashed screen redoes; the old fixed default keeps that bounded.
-MAX_SHARD_TOKENS = 4_000_000
 # One worker process without its model: Python, torch, Prefect and Dask imported (~0.5 GiB RSS
 # measured), plus batch activations at the default 4096-token batch budget.
 WORKER_BASE_BYTES = 1 << 30

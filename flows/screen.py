@@ -15,23 +15,20 @@ import time
 from pathlib import Path
 
 from distributed.client import FutureCancelledError
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
-from prefect.runtime import deployment
-
 from plmscreen.flows.clusters import restore_malloc_thresholds, task_runner
-from plmscreen.flows.resources import MAX_SHARD_TOKENS, auto_shard_tokens
-from plmscreen.screening.errors import ClusterError
-from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.flows.resources import auto_shard_tokens
+from plmscreen.screening.errors import ClusterError, StoreError
 from plmscreen.screening.render.table import flagged_markdown
-from plmscreen.screening.store.runs import run_changes
-from plmscreen.screening.errors import StoreError
-from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 from plmscreen.screening.run.lifecycle import ScreenSummary, ShardManifest, finalize_run, process_shard
 from plmscreen.screening.run.plan import RunPlan, prepare_run
 from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE, ScreenSettings
 from plmscreen.screening.run.workers import ScorerCache
+from plmscreen.screening.score.scorer import Scorer
+from plmscreen.screening.store.runs import run_changes
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import deployment
 
 SHARD_RETRIES = 2
 
@@ -96,59 +93,50 @@ def _cluster_slots() -> int:
         return 0
 
 
-# Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
+def _settings_of(value) -> ScreenSettings:
+    """The flow's settings parameter: a ScreenSettings (CLI, Python) or its JSON object (deployments, UI)."""
+    return value if isinstance(value, ScreenSettings) else ScreenSettings.from_dict(value or {})
+
+
 def flow_run_name() -> str:
     """What the Prefect UI lists: 'screen sample.fasta · plmscreen-mini · exact'."""
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    model = str(params.get("model", "plmscreen-mini"))
-    model = Path(model).stem if model.endswith(".pt") else model
-    return f"screen {Path(str(params['input'])).name} · {model} · {params.get('mode', 'exact')}"
+    try:
+        settings = _settings_of(params.get("settings"))
+    except Exception:  # noqa: BLE001 - the flow itself reports bad settings; the name must not fail first
+        settings = ScreenSettings()
+    model = Path(settings.model).stem if settings.model.endswith(".pt") else settings.model
+    return f"screen {Path(str(params['input'])).name} · {model} · {settings.mode}"
 
 
+# Deployments run the flow with this default: a local Dask cluster, one single-threaded worker per core.
 @flow(name="screen-proteome", flow_run_name=flow_run_name, task_runner=task_runner())
 def screen_proteome(
     input: str,
     store: str,
-    model: str = "plmscreen-mini",
-    weights_dir: str | None = None,
-    device: str = "auto",
-    batch_tokens: int | None = None,
-    precision: str = "fp32",
-    masks_per_copy: int = 1,
-    shard_tokens: int | None = None,
-    min_inflation_factor: float = FlagRule.min_inflation_factor,
-    min_repeat_fraction: float = FlagRule.min_repeat_fraction,
+    settings: dict | None = None,
     skip_invalid: bool = False,
     overwrite: bool = False,
     catalog_url: str | None = None,
     torch_threads: int | None = None,
-    mode: str = "exact",
-    diagnostics: bool = True,
 ) -> dict:
     """Screen ``input`` into ``store``; rerunning the same screen resumes it.
 
-    ``shard_tokens=None`` sizes shards for the cluster the flow runs on (about four per worker
-    thread); the CLI passes the size it planned together with the cluster."""
+    ``settings`` is one ScreenSettings, or its JSON object (``ScreenSettings.to_dict()``; omitted
+    fields keep their defaults). With ``shard_tokens`` null, shards are sized for the cluster the
+    flow runs on (about four per worker thread); the CLI passes the size it planned together with
+    the cluster."""
     logger = get_run_logger()
     started = time.perf_counter()
-    slots = _cluster_slots() if shard_tokens is None else 0
+    settings = _settings_of(settings)
+    slots = _cluster_slots() if settings.shard_tokens is None else 0
     # About four shards per worker thread, sized from the record costs prepare_run reads anyway.
     shard_tokens_for = functools.partial(auto_shard_tokens, slots=slots,
-                                         budget_scale=TRIAGE_SHARD_SCALE if mode == "triage" else 1) if slots else None
-    settings = ScreenSettings(
-        model=model,
-        weights_dir=weights_dir,
-        device=device,
-        scoring=ScoringOptions(batch_tokens=batch_tokens, precision=precision, masks_per_copy=masks_per_copy),
-        flag=FlagRule(min_inflation_factor=min_inflation_factor, min_repeat_fraction=min_repeat_fraction),
-        shard_tokens=shard_tokens or MAX_SHARD_TOKENS,  # without a worker count, the fixed default
-        mode=mode,
-        diagnostics=diagnostics,
-    )
+                                         budget_scale=TRIAGE_SHARD_SCALE if settings.mode == "triage" else 1) if slots else None
     plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url, shard_tokens_for)
-    if shard_tokens is None:
+    if slots:
         logger.info("shard size %d tokens, chosen for %d worker threads", plan.settings.shard_tokens, slots)
     # Runs of one deployment are one screen: `plmscreen changes` compares each with the one before.
     plan.metadata["deployment"] = deployment.name

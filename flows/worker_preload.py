@@ -1,6 +1,6 @@
 """Dask worker preload: import what a shard task needs while the cluster starts.
 
-Started by plmscreen's local clusters (``preload=["flows.worker_preload"]``), so each worker pays
+Started by plmscreen's local clusters (``preload=["plmscreen.flows.worker_preload"]``), so each worker pays
 for torch, Prefect's task engine and the scoring code while the temporary Prefect server is
 still starting, not when the first shard arrives."""
 

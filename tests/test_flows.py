@@ -242,7 +242,8 @@ def test_deterministic_shard_failure_is_retried_a_bounded_number_of_times(fasta,
     runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
                             cluster_kwargs={"n_workers": 2, "processes": False, "threads_per_worker": 1, "dashboard_address": None})
     store = tmp_path / "store"
-    params = dict(input=str(fasta), store=str(store), model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS)
+    params = dict(input=str(fasta), store=str(store),
+                  settings={"model": str(tiny_checkpoint), "device": "cpu", "shard_tokens": SHARD_TOKENS})
     with prefect_test_harness(server_startup_timeout=120):
         summary = screen_proteome.with_options(task_runner=runner)(**params)
         with Catalog.open(None, store) as catalog:
@@ -325,8 +326,8 @@ def test_gpu_deployment_runs_one_worker_per_visible_gpu(fasta, n_shards, referen
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     store = tmp_path / "store"
     with prefect_test_harness(server_startup_timeout=120):
-        summary = screen_proteome_gpu(input=str(fasta), store=str(store), model=str(tiny_checkpoint), device="cpu",
-                                      shard_tokens=SHARD_TOKENS)
+        summary = screen_proteome_gpu(input=str(fasta), store=str(store),
+                                      settings={"model": str(tiny_checkpoint), "device": "cpu", "shard_tokens": SHARD_TOKENS})
     assert summary["failed_shards"] == []
     with Catalog.open(None, store) as catalog:
         holders = {s.worker for s in catalog.shards(summary["run_id"])}

@@ -135,11 +135,11 @@ def test_deployments_register_with_cron_schedules(server, tmp_path):
     crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
     assert crons == {"ecoli-weekly": ["0 2 * * 1"], "human-monthly": ["0 3 1 * *"], "human-weekly-triage": ["0 4 * * 3"],
                      "sample-nightly": ["30 1 * * *"]}
-    assert deployments["human-weekly-triage"]["parameters"]["mode"] == "triage"
-    assert deployments["human-monthly"]["parameters"]["mode"] == "exact"
+    assert deployments["human-weekly-triage"]["parameters"]["settings"]["mode"] == "triage"
+    assert deployments["human-monthly"]["parameters"]["settings"]["mode"] == "exact"
     assert deployments["ecoli-weekly"]["work_pool_name"] == "plmscreen-gpu"
-    assert deployments["ecoli-weekly"]["parameters"]["model"] == "esm2_t33_650M_UR50D"
-    assert deployments["sample-nightly"]["parameters"]["model"] == "plmscreen-mini"
+    assert deployments["ecoli-weekly"]["parameters"]["settings"]["model"] == "esm2_t33_650M_UR50D"
+    assert deployments["sample-nightly"]["parameters"]["settings"]["model"] == "plmscreen-mini"
     assert deployments["sample-nightly"]["entrypoint"] == "flows/screen.py:screen_proteome"
 
 

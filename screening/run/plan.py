@@ -24,7 +24,7 @@ from plmscreen.screening.model.checkpoints import (
     resolve_checkpoint,
 )
 from plmscreen.screening.run.catalog import Catalog
-from plmscreen.screening.run.settings import ScreenSettings
+from plmscreen.screening.run.settings import MAX_SHARD_TOKENS, ScreenSettings
 
 
 def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
@@ -133,6 +133,8 @@ def prepare_run(
     if shard_tokens_for is not None:
         costs = [shard_cost(len(r.sequence)) for r in contents.records]
         settings = dataclasses.replace(settings, shard_tokens=shard_tokens_for(costs))
+    elif settings.shard_tokens is None:  # no cluster to size shards for: the fixed default
+        settings = dataclasses.replace(settings, shard_tokens=MAX_SHARD_TOKENS)
     model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     checkpoint_identity = CheckpointIdentity.of(checkpoint)
     checkpoint_sha256 = file_sha256(checkpoint)

@@ -1,10 +1,24 @@
-"""ScreenSettings: every parameter of a screen (scoring, repeats, flag rule, shards, mode), with the only copy of each default."""
+"""ScreenSettings: every parameter of a screen (model, scoring, repeats, flag rule, shards, mode),
+with the only copy of each default.
+
+The CLI builds one ScreenSettings; the flow and the deployments take it whole as one parameter
+(a JSON object in ``deploy/prefect.yaml`` and in the Prefect UI), and ``prepare_run`` records it
+with the run. A new parameter is one field on the dataclass it belongs to: ``--set`` and
+``--settings FILE`` reach every field with no other edit.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from plmscreen.screening.errors import InputError
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.score.repeats import RepeatParams
 from plmscreen.screening.score.scorer import ScoringOptions
@@ -14,6 +28,18 @@ MODES = ("exact", "triage")
 # bench/results/triage_*): its shards hold 8x the exact cost so tasks stay long enough that
 # Prefect and Dask overhead remains small.
 TRIAGE_SHARD_SCALE = 8
+# The largest shard, as scoring cost Σ L·min(L, window): a shard is also what a crashed screen
+# redoes. It is the shard size when no cluster is known to size shards for.
+MAX_SHARD_TOKENS = 4_000_000
+
+# The nested parameter groups and their classes: what --set section.field=value reaches.
+SECTIONS = {"scoring": ScoringOptions, "repeats": RepeatParams, "flag": FlagRule}
+
+
+class SettingsError(InputError):
+    """A settings file or --set assignment that does not name a parameter or holds a bad value."""
+
+
 @dataclass(frozen=True)
 class ScreenSettings:
     """Everything that decides a screen's numbers; validated once, recorded with every output."""
@@ -24,20 +50,29 @@ class ScreenSettings:
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     repeats: RepeatParams = field(default_factory=RepeatParams)
     flag: FlagRule = field(default_factory=FlagRule)
-    shard_tokens: int = 4_000_000  # shard cost budget: Σ L·min(L, window) over its sequences
+    # Shard cost budget (Σ L·min(L, window) over its sequences); None: sized for the cluster the
+    # screen runs on (about four shards per worker), at most MAX_SHARD_TOKENS.
+    shard_tokens: int | None = None
     mode: str = "exact"  # "triage": masked/ablated scoring only where it can change the flag
     diagnostics: bool = True  # copy-following and null co-mask columns for flagged sequences
 
     def __post_init__(self):
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be positive, got {self.shard_tokens}")
+        # Nested groups may arrive as JSON objects (deployments, the Prefect UI, --settings FILE).
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, name, _build(cls, value, name))
+            elif not isinstance(value, cls):
+                raise SettingsError(f"settings.{name} must be a {cls.__name__} or an object of its fields, got {value!r}")
+        if self.shard_tokens is not None and self.shard_tokens < 1:
+            raise SettingsError(f"shard_tokens must be positive (or null: sized for the cluster), got {self.shard_tokens}")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got '{self.mode}'")
+            raise SettingsError(f"mode must be one of {MODES}, got '{self.mode}'")
 
     @property
     def shard_budget(self) -> int:
         """Exact-mode cost (Σ L·min(L, window)) one shard may hold in this mode."""
-        return self.shard_tokens * (TRIAGE_SHARD_SCALE if self.mode == "triage" else 1)
+        return (self.shard_tokens or MAX_SHARD_TOKENS) * (TRIAGE_SHARD_SCALE if self.mode == "triage" else 1)
 
     def identity(self) -> dict:
         """What names a run: the settings that change its numbers or flags. Batch size, engine and
@@ -52,11 +87,90 @@ class ScreenSettings:
         }
 
     def parameters(self) -> dict:
-        return {
-            "scoring": dataclasses.asdict(self.scoring),
-            "repeats": dataclasses.asdict(self.repeats),
-            "flag": dataclasses.asdict(self.flag),
-            "shard_tokens": self.shard_tokens,
-            "mode": self.mode,
-            "diagnostics": self.diagnostics,
-        }
+        """The parameters recorded with a run (the model is recorded by name and checkpoint sha256)."""
+        data = self.to_dict()
+        for name in ("model", "weights_dir", "device"):
+            data.pop(name)
+        data["shard_tokens"] = self.shard_tokens or MAX_SHARD_TOKENS
+        return data
+
+    def to_dict(self) -> dict:
+        """Plain JSON values: what the flow parameter, a settings file and run.json hold."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScreenSettings:
+        return _build(cls, data, "settings")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ScreenSettings:
+        """A JSON settings file, as ``to_dict`` writes it; omitted fields keep their defaults."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read the settings file: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{path}: not a JSON settings file: {exc}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: a settings file holds one JSON object")
+        return cls.from_dict(data)
+
+    def with_overrides(self, assignments: Iterable[str]) -> ScreenSettings:
+        """Apply ``field=value`` / ``section.field=value`` assignments (``--set``), typed by the field."""
+        data = self.to_dict()
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            if not sep:
+                raise SettingsError(f"--set {assignment!r}: expected NAME=VALUE, e.g. flag.min_inflation_factor=1.1")
+            path = key.strip().split(".")
+            owner, target, where = data, ScreenSettings, "settings"
+            for part in path[:-1]:
+                if part not in SECTIONS or target is not ScreenSettings:
+                    raise SettingsError(f"--set {key}: no parameter group {part!r}; groups: {', '.join(SECTIONS)}")
+                owner, target, where = owner[part], SECTIONS[part], part
+            name = path[-1]
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            if name not in fields or (target is ScreenSettings and name in SECTIONS):
+                known = sorted(n for n in fields if not (target is ScreenSettings and n in SECTIONS))
+                raise SettingsError(f"--set {key}: {where} has no parameter {name!r}; known: {', '.join(known)}")
+            owner[name] = _parse(text.strip(), _field_type(target, name), key)
+        return ScreenSettings.from_dict(data)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _parse(text: str, kind: Any, key: str) -> Any:
+    """A --set value as the field's type: int, float, bool, str, or None for optional fields."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else (kind,)
+    if type(None) in options and text.lower() in ("none", "null", ""):
+        return None
+    for option in options:
+        if option is bool:
+            if text.lower() in ("true", "yes", "1", "on"):
+                return True
+            if text.lower() in ("false", "no", "0", "off"):
+                return False
+        elif option in (int, float):
+            try:
+                return option(text)
+            except ValueError:
+                continue
+        elif option is str:
+            return text
+    raise SettingsError(f"--set {key}={text}: not a valid {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """``cls(**data)`` with unknown names and bad values reported by name."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except SettingsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{where}: {exc}") from None

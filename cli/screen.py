@@ -1,0 +1,248 @@
+"""``plmscreen screen``: build the ScreenSettings once, prepare the run, then score it through the
+Prefect flow on a Dask cluster (or in this process with ``--in-process``)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from plmscreen.cli.errors import fail
+from plmscreen.screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, InputError, PlmscreenError
+from plmscreen.screening.render.table import flagged_text
+from plmscreen.screening.run.settings import ScreenSettings
+
+_DEFAULTS = ScreenSettings()
+
+
+def _print_summary(summary: dict) -> None:
+    rate = summary["n_residues"] / summary["seconds"] if summary["seconds"] else 0.0
+    resumed = f", {summary['n_shards_skipped']} of {summary['n_shards']} shards already done" if summary["n_shards_skipped"] else ""
+    typer.echo(
+        f"Screened {summary['n_scored']} sequences ({summary['n_residues']} residues) with {summary['model']['model_name']} "
+        f"in {summary['seconds']:.1f} s ({rate:.0f} residues/s{resumed}); {summary['n_rejected']} rejected; "
+        f"{len(summary['flagged'])} flagged."
+    )
+    typer.echo(f"Run {summary['run_id']}: {summary['store']}/{{residues,sequences,repeats}}/model=*/run={summary['run_id']}/")
+    if summary["rejects_file"]:
+        typer.echo(f"Rejected records: {summary['rejects_file']}")
+    if summary["failed_shards"]:
+        typer.echo(f"FAILED shards {summary['failed_shards']}: their sequences are missing; rerun the same command to retry them.")
+    typer.echo("")
+    typer.echo("Flagged sequences (repeat-inflated pseudo-likelihoods), most inflated first:")
+    typer.echo(flagged_text(summary["flagged"]))
+
+
+@contextlib.contextmanager
+def _shard_progress(plan, enabled: bool):
+    """A progress bar of residues in finished shards, read from the catalog while the flow runs.
+    It follows the plan prepare_run returned: the same run id and shards the flow works on."""
+    import threading
+
+    from plmscreen.screening.run.catalog import Catalog
+    from tqdm import tqdm
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        residues = {i: sum(len(r.sequence) for r in plan.shard_records(i)) for i in plan.shards}
+        bar = tqdm(total=sum(residues.values()), unit="res", unit_scale=True, file=sys.stderr, desc="scoring",
+                   dynamic_ncols=True)
+        started, seen, sequences = time.perf_counter(), set(), 0
+        while not stop.wait(2.0):
+            try:
+                with Catalog.open(plan.catalog_url, plan.store, upgrade=False) as catalog:
+                    done = {s.index for s in catalog.shards(plan.run_id) if s.status == "done"}
+            except Exception:  # noqa: BLE001 - a busy catalog only delays the bar
+                continue
+            for index in done - seen:
+                bar.update(residues[index])
+                first, last = plan.shards[index]
+                sequences += last - first + 1
+            seen |= done
+            bar.set_postfix(seqs=sequences, seq_per_s=f"{sequences / (time.perf_counter() - started):.2f}")
+        bar.close()
+
+    thread = threading.Thread(target=poll, daemon=True) if enabled else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=10)
+
+
+def _settings(settings_file: Path | None, assignments: list[str], options: dict) -> ScreenSettings:
+    """One ScreenSettings: the file (or the defaults), then --set, then the named options given."""
+    settings = ScreenSettings.from_file(settings_file) if settings_file else ScreenSettings()
+    settings = settings.with_overrides(assignments)
+    named = {k: v for k, v in options.items() if v is not None}
+    for section in ("scoring", "flag"):
+        group = {k.split(".", 1)[1]: named.pop(k) for k in list(named) if k.startswith(section + ".")}
+        if group:
+            named[section] = dataclasses.replace(getattr(settings, section), **group)
+    return dataclasses.replace(settings, **named)
+
+
+def screen(
+    input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store directory: residues/, sequences/, repeats/ Parquet, partitioned by model and run.")],
+    model: Annotated[Optional[str], typer.Option(help=f"plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path (default: {_DEFAULTS.model}).")] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
+    device: Annotated[Optional[str], typer.Option(help=f"auto, cpu or cuda (default: {_DEFAULTS.device}).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per forward batch (default: 4096 on CPU, sized from free memory on a GPU).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=f"fp32 (exact), or bf16/fp16 autocast (faster on GPUs, approximate: see bench/results/precision_*; fp16 is CUDA only) (default: {_DEFAULTS.scoring.precision}).")] = None,
+    masks_per_copy: Annotated[Optional[int], typer.Option(help=f">1: approximate, several far-apart positions masked per copy (default: {_DEFAULTS.scoring.masks_per_copy}).")] = None,
+    min_inflation_factor: Annotated[Optional[float], typer.Option(help=f"Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*) (default: {_DEFAULTS.flag.min_inflation_factor}).")] = None,
+    min_repeat_fraction: Annotated[Optional[float], typer.Option(help=f"Flag rule: fraction of residues with partners at least this (default: {_DEFAULTS.flag.min_repeat_fraction}).")] = None,
+    shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most plmscreen.screening.run.settings.MAX_SHARD_TOKENS.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help=f"exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl) (default: {_DEFAULTS.mode}).")] = None,
+    diagnostics: Annotated[Optional[bool], typer.Option("--diagnostics/--no-diagnostics", help="Copy-following index and null-corrected inflation for flagged sequences (default: on).")] = None,
+    settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON file of screen settings (ScreenSettings.to_dict(); omitted fields keep their defaults). Options given on the command line win.")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Set any parameter, e.g. --set repeats.min_identity=0.3 --set flag.min_inflation_factor=1.1 (groups: scoring, repeats, flag).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core, fewer if memory cannot hold that many models or the input makes fewer shards; spare cores become torch threads).")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: one worker per GPU (default with --device auto/cuda: every visible GPU).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
+    catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (residues and sequences per second).")] = True,
+) -> None:
+    """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences.
+
+    By default the screen is a Prefect flow whose shards run on a local Dask cluster; rerunning
+    the same command resumes it from the catalog.
+    """
+    from plmscreen.screening.input import InvalidFastaError
+    from plmscreen.screening.model.checkpoints import check_checkpoint, resolve_checkpoint
+    from plmscreen.screening.run.plan import prepare_run
+
+    try:
+        settings = _settings(settings_file, assignments or [], {
+            "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
+            "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
+            "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
+            "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics,
+        })
+        if in_process:
+            return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
+        from plmscreen.flows.clusters import check_cluster_choice
+
+        check_cluster_choice(workers, gpus, scheduler)
+        _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
+        # The layout is read through a memory map, before any cluster starts: the CLI never holds the weights.
+        check_checkpoint(checkpoint)
+        cluster, size_shards = _cluster_for(settings, checkpoint, workers, gpus, scheduler)
+        # The one reading of the input and naming of the run: the flow resumes this plan.
+        plan = prepare_run(input, out, settings, skip_invalid, overwrite, catalog, size_shards)
+        if cluster is not None:
+            typer.echo(f"Cluster: {cluster[0].describe()}", err=True)
+    except InvalidFastaError as exc:
+        fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
+    except PlmscreenError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
+        fail(str(exc), EXIT_BAD_INPUT)
+
+    from plmscreen.flows import orchestration
+    from plmscreen.flows.screen import screen_proteome
+
+    orchestration.quiet_orchestration_logs()
+    try:
+        if cluster is None:
+            from plmscreen.flows.clusters import task_runner
+
+            running = orchestration.prefect_api_and_runner(task_runner(scheduler=scheduler))
+        else:
+            running = orchestration.local_cluster_and_prefect_api(cluster[0])
+        with running as runner, _shard_progress(plan, progress):
+            summary = screen_proteome.with_options(task_runner=runner)(
+                input=str(input), store=str(out), settings=plan.settings.to_dict(), skip_invalid=skip_invalid,
+                catalog_url=catalog, torch_threads=cluster[0].threads_per_worker if cluster else None,
+            )
+    except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
+        fail(str(exc), exc.exit_code)
+    _print_summary(summary)
+    if summary["failed_shards"]:
+        raise typer.Exit(EXIT_SHARDS_FAILED)
+
+
+def _cluster_for(settings: ScreenSettings, checkpoint: Path, workers, gpus, scheduler):
+    """The local cluster to start (as a one-item list, filled once the input's costs are known) and
+    the shard-size rule prepare_run applies to those costs; an existing scheduler is sized by the
+    worker threads it has now."""
+    import functools
+
+    from plmscreen.flows.resources import auto_shard_tokens
+    from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE
+
+    scale = TRIAGE_SHARD_SCALE if settings.mode == "triage" else 1
+    if scheduler:
+        if settings.shard_tokens is not None:
+            return None, None
+        from plmscreen.flows.orchestration import scheduler_slots
+
+        slots = scheduler_slots(scheduler)
+        return None, functools.partial(auto_shard_tokens, slots=slots, budget_scale=scale) if slots else None
+    from plmscreen.flows.resources import (
+        available_memory_bytes,
+        cpu_cores,
+        gpu_workers_for,
+        plan_cluster,
+        worker_memory_bytes,
+    )
+
+    device = settings.device
+    if device.startswith("cuda:"):
+        workers = workers or 1  # one named device: one model copy on it
+    gpus = gpu_workers_for(device, gpus, workers)
+    if device == "cuda" and not gpus and not workers:
+        raise InputError("--device cuda was requested but torch sees no CUDA GPU")
+    cluster: list = []
+
+    def size_shards(costs: list[int]) -> int:
+        cluster.append(plan_cluster(
+            costs, cores=cpu_cores(), memory_bytes=available_memory_bytes(),
+            worker_bytes=worker_memory_bytes(checkpoint.stat().st_size), gpus=gpus or 0, workers=workers,
+            shard_tokens=settings.shard_tokens, budget_scale=scale))
+        return cluster[0].shard_tokens
+
+    return cluster, size_shards
+
+
+def _screen_in_process(input: Path, out: Path, settings: ScreenSettings, skip_invalid: bool, overwrite: bool,
+                       catalog: str | None, progress: bool) -> None:
+    from plmscreen.screening.run.lifecycle import run_screen
+    from tqdm import tqdm
+
+    bar = None
+    done = 0
+    started = time.perf_counter()
+
+    def on_start(records):
+        nonlocal bar
+        total = sum(len(r.sequence) for r in records)
+        bar = tqdm(total=total, unit="res", unit_scale=True, disable=not progress, file=sys.stderr,
+                   desc=f"scoring {len(records)} sequences", dynamic_ncols=True)
+        bar.set_postfix(seqs=0)
+
+    def on_sequence_done(record):
+        nonlocal done
+        done += 1
+        bar.update(len(record.sequence))
+        bar.set_postfix(seqs=f"{done}", seq_per_s=f"{done / (time.perf_counter() - started):.2f}")
+
+    try:
+        summary = run_screen(input, out, settings, skip_invalid=skip_invalid, overwrite=overwrite,
+                             on_start=on_start, on_sequence_done=on_sequence_done, catalog_url=catalog)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_summary(summary.as_dict())
