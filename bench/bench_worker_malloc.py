@@ -6,8 +6,8 @@ up first):
 - plain: this machine's default process environment;
 - plain + MALLOC_TRIM_THRESHOLD_=65536: what Dask's nanny puts in every worker's environment;
 - dask (stock): a distributed.LocalCluster worker as Dask starts it;
-- dask (plmscreen): flows.clusters.local_cpu_cluster, which starts workers without the variable;
-- dask (stock) + restore: a stock worker after flows.clusters.restore_malloc_thresholds().
+- dask (plmscreen): plmscreen.flows.clusters.local_cpu_cluster, which starts workers without the variable;
+- dask (stock) + restore: a stock worker after plmscreen.flows.clusters.restore_malloc_thresholds().
 CPU seconds and page faults do not depend much on other load; wall seconds do.
 
     python bench/bench_worker_malloc.py --fasta ecoli.fasta --n 2 --min-len 200 --max-len 260
