@@ -84,8 +84,8 @@ import esm
 from esm.model.esm2 import ESM2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_plmscreen_mini import (AA20, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
-                                  sha256_file, split_proteins, tokenize, unpatch, verify_checkpoint)
+from train_plmscreen_mini import (AA20, ExampleMaker, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
+                                  sha256_file, split_proteins, tokenize, train_step, unpatch, verify_checkpoint)
 
 KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "plain")
 
@@ -129,26 +129,15 @@ def parse_args():
     return p.parse_args()
 
 
-class Maker:
+class Maker(ExampleMaker):
+    """v1's example maker (random residues, mutation to an identity, crops) with this run's tasks."""
+
     def __init__(self, seqs, comp, rng):
-        self.seqs = seqs
-        self.comp = comp
-        self.aa = np.array(list(AA20))
-        self.rng = rng
+        super().__init__(seqs, comp, rng, max_crop=None)
         self.copy_len = 24
 
-    def rand_res(self, n, uniform=True):
-        if n <= 0:
-            return ""
-        return "".join(self.rng.choice(self.aa, size=n, p=None if uniform else self.comp))
-
-    def mutate(self, s, identity):
-        out = list(s)
-        for i in range(len(out)):
-            if self.rng.random() > identity:
-                choices = [a for a in AA20 if a != out[i]]
-                out[i] = choices[self.rng.integers(len(choices))]
-        return "".join(out)
+    def rand_res(self, n, uniform=True):  # uniform residues by default here (v1: the composition)
+        return super().rand_res(n, uniform)
 
     def protein(self, min_len=1, max_len=None):
         for _ in range(1000):
@@ -168,12 +157,6 @@ class Maker:
                 s = s[st:st + need]
             out += s
         return out
-
-    def crop(self, s, n):
-        if len(s) <= n:
-            return s
-        st = int(self.rng.integers(0, len(s) - n + 1))
-        return s[st:st + n]
 
     def easy(self, cap):
         L = int(self.rng.integers(8, 31))
@@ -391,22 +374,8 @@ def main():
             g["lr"] = lr
         toks = tokenize(alphabet, seqs)
         tok_count += int(toks.numel())
-        inp, sel = bert_mask(toks, alphabet, gen, aa_idx)
-        logits = model(inp)["logits"]
-        tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
-        loss = tok_loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n)
         step += 1
-        row_kind = kinds[:, None].expand_as(sel)[sel]
-        tl = tok_loss.detach()
-        for k in range(len(KINDS)):
-            m = row_kind == k
-            if m.any():
-                acc_loss[k] += tl[m].sum().item()
-                acc_n[k] += int(m.sum())
         c1, w1 = time.process_time(), time.time()
         active_s += c1 - c0
         wall_s += w1 - w0

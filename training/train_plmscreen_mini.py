@@ -57,7 +57,6 @@ import argparse
 import hashlib
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -255,6 +254,26 @@ def bert_mask(toks, alphabet, gen, aa_idx, p=0.15):
 
 
 # ----------------------------------------------------------------------------- model
+
+def train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n):
+    """One optimizer step of BERT-masked LM loss on ``toks``; adds each example kind's summed token
+    loss and count to ``acc_loss``/``acc_n`` (the per-kind losses the logs print)."""
+    inp, sel = bert_mask(toks, alphabet, gen, aa_idx)
+    logits = model(inp)["logits"]
+    tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
+    opt.zero_grad(set_to_none=True)
+    tok_loss.mean().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    row_kind = kinds[:, None].expand_as(sel)[sel]
+    losses = tok_loss.detach()
+    for k in range(len(acc_loss)):
+        chosen = row_kind == k
+        if chosen.any():
+            acc_loss[k] += losses[chosen].sum().item()
+            acc_n[k] += int(chosen.sum())
+
+
 def sdpa_attention_forward(self, query, key=None, value=None, key_padding_mask=None,
                            need_weights=True, need_head_weights=False, attn_mask=None, **kw):
     """Self-attention of fair-esm's MultiheadAttention via F.scaled_dot_product_attention."""
@@ -434,23 +453,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
 
-        toks = tokenize(alphabet, seqs)
-        inp, sel = bert_mask(toks, alphabet, gen, aa_idx)
-        logits = model(inp)["logits"]
-        tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
-        loss = tok_loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, tokenize(alphabet, seqs), kinds, alphabet, gen, aa_idx, acc_loss, acc_n)
         step += 1
-
-        row_kind = kinds[:, None].expand_as(sel)[sel]
-        for k in range(4):
-            m = row_kind == k
-            if m.any():
-                acc_loss[k] += tok_loss.detach()[m].sum().item()
-                acc_n[k] += int(m.sum())
         if step % args.log_every == 0:
             ls = " ".join(f"{ExampleMaker.KINDS[k]}={acc_loss[k] / acc_n[k]:.3f}" if acc_n[k] else
                           f"{ExampleMaker.KINDS[k]}=-" for k in range(4))
