@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend_models import one_torch_thread  # noqa: F401
 from screening.backends.base import Backend
 from screening.backends.fair_esm import FairEsmBackend
 from screening.backends.resolve import load_backend, resolve_model
