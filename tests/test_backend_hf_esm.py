@@ -202,3 +202,33 @@ def test_pickled_weights_and_replaced_files_are_refused(tmp_path, hf_dir, hf):
     with pytest.raises(ModelLoadError, match="planned with"):
         HfEsmBackend.load(hf_dir, device="cpu", expected_sha256="0" * 64)
     assert HfEsmBackend.load(hf_dir, device="cpu", expected_sha256=hf.checkpoint_sha256).checkpoint_sha256 == hf.checkpoint_sha256
+
+
+def mapped_ranges(path):
+    ranges = []
+    for line in open("/proc/self/maps").read().splitlines():
+        if line.endswith(str(path)):
+            start, stop = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(stop, 16)))
+    return ranges
+
+
+def test_weights_are_held_in_memory_not_mapped_from_the_file(tmp_path, hf_dir):
+    """The sha256 a run records must describe the weights it uses. transformers leaves weights as
+    views of the memory-mapped safetensors file; the backend copies them out, so a checkpoint
+    rewritten in place after loading (same size, zeroed tensor data) changes no number."""
+    copy = tmp_path / "copy"
+    shutil.copytree(hf_dir, copy)
+    weights = copy / "model.safetensors"
+    backend = HfEsmBackend.load(copy, device="cpu")
+    ranges = mapped_ranges(weights)  # transformers may keep the mapping open; no weight may live in it
+    for name, tensor in [*backend.model.named_parameters(), *backend.model.named_buffers()]:
+        pointer = tensor.untyped_storage().data_ptr()
+        assert not any(a <= pointer < b for a, b in ranges), name
+    before = BackendScorer(backend).score(SEQS[:1])[0].logp_masked
+    header = 8 + int.from_bytes(weights.read_bytes()[:8], "little")
+    with open(weights, "r+b") as fh:
+        fh.seek(header)
+        fh.write(b"\0" * (weights.stat().st_size - header))
+    np.testing.assert_array_equal(BackendScorer(backend).score(SEQS[:1])[0].logp_masked, before)
+    assert backend.model.lm_head.decoder.weight is backend.model.esm.embeddings.word_embeddings.weight  # still tied

@@ -22,7 +22,7 @@ import torch
 
 from screening.backends.base import Backend
 from screening.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from screening.backends.hf_esm import check_loading_info, quiet_transformers, vocab_by_id
+from screening.backends.hf_esm import check_loading_info, materialise, quiet_transformers, vocab_by_id
 from screening.forward import _gather_rows
 from screening.model import CheckpointIdentity, ModelLoadError, resolve_device
 
@@ -84,7 +84,7 @@ class EsmcBackend(Backend):
         check_loading_info(info, directory)
         if [CheckpointIdentity.of(f) for f in files] != before:
             raise ModelLoadError(f"checkpoint {directory} changed while it was being loaded; retry once it is complete")
-        return cls(model.eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
+        return cls(materialise(model).eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
                    sha256=sha256, device=torch_device, normalise=normalise, max_residues=max_residues, extra=extra)
 
     def _logits_at(self, tokens, query_pos, reference):

@@ -44,6 +44,16 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def materialise(model: torch.nn.Module) -> torch.nn.Module:
+    """Copy every weight into process memory. transformers leaves them as views of the memory-mapped
+    safetensors file; a file rewritten in place would then change the weights a run already
+    hashed, and mapped tensors are not 64-byte aligned. Tied weights stay tied (one Parameter)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model
+
+
 def vocab_by_id(tokenizer) -> list[str]:
     vocab = tokenizer.get_vocab()
     tokens = [""] * (max(vocab.values()) + 1)
@@ -164,7 +174,7 @@ class HfEsmBackend(Backend):
         check_loading_info(info, directory)
         if [CheckpointIdentity.of(f) for f in files] != before:
             raise ModelLoadError(f"checkpoint {directory} changed while it was being loaded; retry once it is complete")
-        return cls(model.eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
+        return cls(materialise(model).eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
                    sha256=sha256, device=torch_device, normalise=normalise, max_residues=max_residues, extra=extra)
 
     def _logits_at(self, tokens, query_pos, reference):
