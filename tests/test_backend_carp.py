@@ -12,7 +12,7 @@ pytest.importorskip("sequence_models", reason="plmscreen[carp] not installed")
 
 from backend_models import RESIDUES, one_torch_thread, write_carp  # noqa: E402, F401
 from screening.backends.carp import CarpBackend  # noqa: E402
-from screening.backends.resolve import load_backend, resolve_model  # noqa: E402
+from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
 from screening.backends.scorer import BackendScorer  # noqa: E402
 from screening.model import ModelLoadError  # noqa: E402
 from screening.scoring import Probe, ScoringOptions, window_start  # noqa: E402
@@ -125,6 +125,7 @@ def test_maximum_length_uses_the_window_policy(carp, reference):
 def test_resolution_identity_and_errors(tmp_path, carp_path, carp, monkeypatch):
     assert resolve_model(str(carp_path))[0] == "carp"
     assert resolve_model("carp_640M")[0] == "carp"
+    assert model_window("carp_640M") == model_window(str(carp_path)) == carp.max_residues == 1024
     backend = load_backend(str(carp_path), device="cpu")
     assert backend.family == "carp"
     assert backend.checkpoint_sha256 == hashlib.sha256(carp_path.read_bytes()).hexdigest()
@@ -137,3 +138,29 @@ def test_resolution_identity_and_errors(tmp_path, carp_path, carp, monkeypatch):
     torch.save(data, tmp_path / "carp_bad.pt")
     with pytest.raises(ModelLoadError, match="does not match the CARP architecture"):
         CarpBackend.load(str(tmp_path / "carp_bad.pt"), device="cpu")
+
+
+def test_diagnostics_run_unchanged_on_a_backend_without_bos(carp, reference):
+    """residue_diagnostics (probes, token_index) through BackendScorer: the null co-masks and the
+    copy-following probability match the naive loop on CARP, whose residue i is token i."""
+    from screening.diagnostics import residue_diagnostics
+
+    seq, mates = SEQS[1], PARTNERS[1]
+    diag = residue_diagnostics(BackendScorer(carp), [seq], [mates], null_draws=2)[0]
+    model, collater, mask, cols = reference
+    assert np.isfinite(diag.copy_following).sum() == 28
+    for i in (0, 5, 21):
+        null = [naive(reference, seq, list(masked), i) for masked in diag.null_masks[i]]
+        assert diag.logp_random_comask[i] == pytest.approx(np.mean(null), abs=TOL)
+        b = diag.substitute[i]
+        planted = "".join(b if j in mates[i] else c for j, c in enumerate(seq))
+
+        def p(sequence, masked):
+            ids = collater([[sequence]])[0]
+            ids[0, list(masked)] = mask
+            with torch.no_grad():
+                logits = model(ids, logits=True)["logits"][0, i]
+            return torch.softmax(logits[cols], -1)[cols.index(carp.token_index(b))].item()
+
+        expected = p(planted, [i]) - p(seq, [i, *mates[i]])
+        assert diag.copy_following[i] == pytest.approx(expected, abs=TOL)

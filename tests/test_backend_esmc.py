@@ -11,7 +11,7 @@ pytest.importorskip("transformers.models.esmc", reason="this transformers has no
 
 from backend_models import RESIDUES, one_torch_thread, write_esmc  # noqa: E402, F401
 from screening.backends.esmc import EsmcBackend  # noqa: E402
-from screening.backends.resolve import load_backend, resolve_model  # noqa: E402
+from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
 from screening.backends.scorer import BackendScorer  # noqa: E402
 from screening.scoring import Probe, ScoringOptions, window_start  # noqa: E402
 
@@ -150,5 +150,6 @@ def test_resolution_and_identity(esmc_dir, esmc):
     assert resolve_model(str(esmc_dir))[0] == "hf-esmc"
     backend = load_backend(str(esmc_dir), device="cpu")
     assert backend.family == "hf-esmc" and backend.max_residues == 254  # max_position_embeddings - BOS - EOS
+    assert model_window(str(esmc_dir)) == 254  # known before any weight is read
     assert backend.checkpoint_sha256 == hashlib.sha256((esmc_dir / "model.safetensors").read_bytes()).hexdigest()
     assert backend.describe()["normalise"] == "residues"

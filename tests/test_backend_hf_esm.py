@@ -12,7 +12,7 @@ pytest.importorskip("transformers", reason="plmscreen[hf] not installed")
 
 from backend_models import RESIDUES, one_torch_thread, write_hf_esm  # noqa: E402, F401
 from screening.backends.hf_esm import HfEsmBackend  # noqa: E402
-from screening.backends.resolve import load_backend, resolve_model  # noqa: E402
+from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
 from screening.backends.scorer import BackendScorer  # noqa: E402
 from screening.model import ModelLoadError  # noqa: E402
 from screening.scoring import Probe, Scorer, ScoringOptions  # noqa: E402
@@ -59,7 +59,7 @@ def test_converted_checkpoint_is_a_plain_hf_directory(hf_dir, hf):
     assert hf.checkpoint_sha256 == hashlib.sha256((hf_dir / "model.safetensors").read_bytes()).hexdigest()
     assert type(AutoModelForMaskedLM.from_pretrained(hf_dir)).__name__ == "EsmForMaskedLM"
     assert hf.model.config.token_dropout and hf.model.config.position_embedding_type == "rotary"
-    assert hf.fast and hf.max_residues == 1022 and hf.vocab_size == 33
+    assert hf.fast and hf.max_residues == 1022 == model_window(str(hf_dir)) and hf.vocab_size == 33
 
 
 def test_tokenisation_matches_the_hf_tokenizer(hf_dir, hf, tiny_model):

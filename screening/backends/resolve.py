@@ -91,3 +91,23 @@ def load_backend(model: str, weights_dir=None, device: str = "auto", allow_downl
         raise ModelLoadError(f"{model} is a Hugging Face checkpoint: install plmscreen[hf] ({exc})") from exc
     return cls.load(directory, name=name, device=device, normalise=normalise, max_residues=max_residues,
                     expected_sha256=expected_sha256)
+
+
+def model_window(model: str, weights_dir=None) -> int:
+    """The window ``load_backend(model)`` will use, from names and config.json only (no weights
+    read): what shard planning (``screen.shard_cost``) needs before any worker loads the model."""
+    from screening.backends.carp import CARP_MAX_RESIDUES
+    from screening.model import ESM2_MAX_RESIDUES
+
+    family, _, directory = resolve_model(model, weights_dir)
+    if family == "fair-esm":
+        return ESM2_MAX_RESIDUES
+    if family == "carp":
+        return CARP_MAX_RESIDUES
+    config = read_config(directory)
+    positions = config.get("max_position_embeddings", 2048 if family == "hf-esmc" else 1026)
+    if family == "hf-esmc":
+        return positions - 2
+    if config.get("position_embedding_type", "absolute") == "rotary":
+        return ESM2_MAX_RESIDUES
+    return min(ESM2_MAX_RESIDUES, positions - config.get("pad_token_id", 1) - 3)
