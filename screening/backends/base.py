@@ -29,10 +29,10 @@ import torch
 
 from screening.fasta import EXTRA_RESIDUES, STANDARD_ALPHABET
 from screening.model import file_sha256
+from screening.scoring import CPU_BATCH_TOKENS
 
 RESIDUE_LETTERS = STANDARD_ALPHABET + "".join(sorted(EXTRA_RESIDUES))
 NORMALISATIONS = ("vocabulary", "residues")
-CPU_BATCH_TOKENS = 4096  # the scorer's CPU default (screening.scoring.CPU_BATCH_TOKENS)
 
 
 def weights_sha256(files: Iterable[str | Path]) -> str:
