@@ -1,0 +1,113 @@
+"""From a ``--model`` string to a backend.
+
+  plmscreen-mini, esm2_t6_8M_UR50D ... , a fair-esm .pt file        -> fair-esm (native ESM-2 path)
+  carp_600k, carp_38M, carp_76M, carp_640M, a CARP .pt file         -> carp
+  a directory with config.json (model_type "esm" / "esmc")           -> hf-esm / hf-esmc
+  a hub id "org/name" found in --weights-dir or the local HF cache   -> hf-esm / hf-esmc
+
+fair-esm and CARP names download when online unless $PLMSCREEN_OFFLINE=1 (today's behaviour for
+fair-esm); hub ids download only with ``hub_download=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from screening.backends.base import Backend
+from screening.backends.carp import CARP_MODELS, is_carp_checkpoint
+from screening.backends.hf_common import is_hf_dir, looks_like_hub_id, read_config, resolve_hf
+from screening.model import BUNDLED_MODELS, ESM2_MODELS, ModelLoadError
+
+FAMILIES = ("fair-esm", "carp", "hf-esm", "hf-esmc")
+HF_MODEL_TYPES = {"esm": "hf-esm", "esmc": "hf-esmc"}
+DEFAULT_NORMALISE = {"fair-esm": "vocabulary", "hf-esm": "vocabulary", "hf-esmc": "residues", "carp": "residues"}
+
+
+def _pt_family(path: Path) -> str:
+    """fair-esm or CARP, from the file's layout read through a memory map (the weights stay on disk)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # old-style or unreadable: fair-esm's loader reports it
+        return "fair-esm"
+    return "carp" if is_carp_checkpoint(data) else "fair-esm"
+
+
+def _hf_family(directory: Path) -> str:
+    model_type = read_config(directory).get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ModelLoadError(f"{directory}: model_type '{model_type}' is not supported "
+                             f"(supported: {', '.join(HF_MODEL_TYPES)})")
+    return HF_MODEL_TYPES[model_type]
+
+
+def resolve_model(model: str, weights_dir=None, hub_download: bool = False) -> tuple[str, str | None, Path | None]:
+    """(family, display name, HF directory) for ``model``; the directory only for HF families
+    (fair-esm and CARP resolve their files in their own loaders, with their own download rules)."""
+    if model in BUNDLED_MODELS or model in ESM2_MODELS:
+        return "fair-esm", None, None
+    if model in CARP_MODELS:
+        return "carp", None, None
+    path = Path(model)
+    if path.is_dir():
+        if not is_hf_dir(path):
+            raise ModelLoadError(f"{path} is a directory without config.json: not a Hugging Face checkpoint")
+        return _hf_family(path), None, path
+    if path.is_file():
+        return _pt_family(path), None, None
+    if looks_like_hub_id(model):
+        name, directory = resolve_hf(model, weights_dir, allow_download=hub_download)
+        return _hf_family(directory), name, directory
+    return "fair-esm", None, None  # fair-esm's resolver says what is wrong with it
+
+
+def load_backend(model: str, weights_dir=None, device: str = "auto", allow_download: bool | None = None,
+                 hub_download: bool = False, normalise: str | None = None, max_residues: int | None = None,
+                 expected_sha256: str | None = None, **fair_esm_kwargs) -> Backend:
+    family, name, directory = resolve_model(model, weights_dir, hub_download)
+    normalise = normalise or DEFAULT_NORMALISE[family]
+    if family == "fair-esm":
+        from screening.backends.fair_esm import FairEsmBackend
+        from screening.model import ESM2_MAX_RESIDUES
+
+        return FairEsmBackend.load(model, normalise=normalise, weights_dir=weights_dir, device=device,
+                                   allow_download=allow_download, max_residues=max_residues or ESM2_MAX_RESIDUES,
+                                   expected_sha256=expected_sha256, **fair_esm_kwargs)
+    if family == "carp":
+        from screening.backends.carp import CARP_MAX_RESIDUES, CarpBackend
+
+        return CarpBackend.load(model, weights_dir=weights_dir, device=device, normalise=normalise,
+                                max_residues=max_residues or CARP_MAX_RESIDUES, allow_download=allow_download,
+                                expected_sha256=expected_sha256)
+    try:
+        if family == "hf-esm":
+            from screening.backends.hf_esm import HfEsmBackend as cls
+        else:
+            from screening.backends.esmc import EsmcBackend as cls
+    except ImportError as exc:
+        raise ModelLoadError(f"{model} is a Hugging Face checkpoint: install plmscreen[hf] ({exc})") from exc
+    return cls.load(directory, name=name, device=device, normalise=normalise, max_residues=max_residues,
+                    expected_sha256=expected_sha256)
+
+
+def model_window(model: str, weights_dir=None) -> int:
+    """The window ``load_backend(model)`` will use, from names and config.json only (no weights
+    read): what shard planning (``screen.shard_cost``) needs before any worker loads the model."""
+    from screening.backends.carp import CARP_MAX_RESIDUES
+    from screening.model import ESM2_MAX_RESIDUES
+
+    family, _, directory = resolve_model(model, weights_dir)
+    if family == "fair-esm":
+        return ESM2_MAX_RESIDUES
+    if family == "carp":
+        return CARP_MAX_RESIDUES
+    config = read_config(directory)
+    positions = config.get("max_position_embeddings", 2048 if family == "hf-esmc" else 1026)
+    if family == "hf-esmc":
+        return positions - 2
+    if config.get("position_embedding_type", "absolute") == "rotary":
+        return ESM2_MAX_RESIDUES
+    return min(ESM2_MAX_RESIDUES, positions - config.get("pad_token_id", 1) - 3)
