@@ -2,7 +2,7 @@
 ESM-2 path against the native fair-esm path, on the same proteins and the same weights.
 
 For every architecture (real ESM-2 sizes, random weights, written in fair-esm's format and
-converted to Hugging Face's with ``screening.backends.convert``):
+converted to Hugging Face's with ``plmscreen.screening.model.backends.convert``):
 
   fair-esm naive   fair-esm's stock forward, batch 1, one mask per forward + one unmasked forward
   fair-esm scorer  BackendScorer(FairEsmBackend): today's Scorer numbers and code path
@@ -34,9 +34,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.bench_scoring import ARCHS, machine_info, naive_scores, read_fasta, write_random_checkpoint  # noqa: E402
+from common import ARCHS, machine_info, naive_scores, read_fasta, write_random_checkpoint
 
 RESULTS_DIR = ROOT / "bench" / "results"
 EXACT_TOL = 1e-4
@@ -65,8 +64,8 @@ def hf_naive_scores(model, residue_token, bos, eos, mask, sequences):
 def forward_only(fair, hf, sequence: str, batch_tokens: int, reps: int) -> dict:
     """One batch of masked copies of ``sequence`` as the scorer packs it, through each fast path,
     alternating, fastest of ``reps``: the per-forward cost without job planning or the LM's size."""
-    from screening.backends.hf_esm import esm_logits_at
-    from screening.forward import logprobs_at
+    from plmscreen.screening.model.backends.hf_esm import esm_logits_at
+    from plmscreen.screening.model.forward import logprobs_at
 
     rows = max(1, min(len(sequence), batch_tokens // (len(sequence) + 2)))
     windows = [fair.encode(sequence)] * rows
@@ -92,11 +91,11 @@ def max_delta(a: list[dict], b: list[dict]) -> float:
 
 def run_arch(arch: str, proteins: list[tuple[str, str]], rounds: int, batch_tokens: int, workdir: Path, seed: int,
              forward_reps: int) -> dict:
-    from screening.backends.convert import convert_checkpoint
-    from screening.backends.fair_esm import FairEsmBackend
-    from screening.backends.hf_esm import HfEsmBackend
-    from screening.backends.scorer import BackendScorer
-    from screening.scoring import ScoringOptions
+    from plmscreen.screening.model.backends.convert import convert_checkpoint
+    from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+    from plmscreen.screening.model.backends.hf_esm import HfEsmBackend
+    from plmscreen.screening.model.backends.scorer import BackendScorer
+    from plmscreen.screening.score.scorer import ScoringOptions
 
     checkpoint = write_random_checkpoint(arch, workdir, seed, "default")
     hf_dir = convert_checkpoint(checkpoint, workdir / f"{arch}_hf")
@@ -173,7 +172,7 @@ def markdown(report: dict) -> str:
         f"- proteins: {len(report['proteins'])} from {report['fasta']}: "
         + ", ".join(f"{p['id']} ({p['length']})" for p in report["proteins"]),
         f"- weights: random (fair-esm default init, seed {report['seed']}), converted to HF with "
-        f"screening.backends.convert; batch_tokens {report['batch_tokens']}; {report['rounds']} rounds",
+        f"plmscreen.screening.model.backends.convert; batch_tokens {report['batch_tokens']}; {report['rounds']} rounds",
         "",
         "| arch | mode | wall s | per round s | residues/s | speed-up vs own naive | max abs Δ vs own naive "
         "| max abs Δ vs fair-esm naive | check |",

@@ -34,24 +34,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.bench_scoring import (  # noqa: E402
-    ARCHS,
-    DEFAULT_FASTA,
-    ECOLI_FASTA,
-    RESULTS_DIR,
-    forward_flops,
-    machine_info,
-    matmul_rate,
-    pick_proteins,
-    read_fasta,
-    require,
-    sync,
-    write_random_checkpoint,
-)
-from plmscreen.screening.model.checkpoints import load_model  # noqa: E402
-from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
+from common import ARCHS, DEFAULT_FASTA, ECOLI_FASTA, forward_flops, machine_info, matmul_rate, pick_proteins, read_fasta, require, RESULTS_DIR, sync, write_random_checkpoint
+
+from plmscreen.screening.model.checkpoints import load_model
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 
 HUMAN_PROTEINS, HUMAN_MEAN_LENGTH = 20_400, 560
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -58,18 +56,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.datasets import ECOLI_FASTA, default_path, require  # noqa: E402
+from common import ARCHS, ECOLI_FASTA, forward_flops, machine_info, matmul_rate, naive_scores, pick_proteins, require, sync, write_random_checkpoint
 
 RESULTS_DIR = ROOT / "bench" / "results"
-DEFAULT_FASTA = default_path(ECOLI_FASTA)  # None unless $PLMSCREEN_DATA_DIR is set
-ARCHS = {  # real ESM-2 sizes: layers, embed dim, heads
-    "esm2_t6_8M": (6, 320, 20),
-    "esm2_t12_35M": (12, 480, 20),
-    "esm2_t30_150M": (30, 640, 20),
-    "esm2_t33_650M": (33, 1280, 20),
-}
 EXACT_TOL = 1e-4
 TARGETS = {"exact_cpu": 1.5, "bf16_cpu": 3.0, "exact_gpu": 20.0}
 
@@ -78,97 +68,18 @@ TARGETS = {"exact_cpu": 1.5, "bf16_cpu": 3.0, "exact_gpu": 20.0}
 # Machine, model and data
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-                return [f for f in wanted if f in flags]
-    except OSError:
-        pass
-    return []
 
 
-def machine_info(device: torch.device) -> dict:
-    import esm
-
-    info = {
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "fair_esm": getattr(esm, "__version__", "unknown"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
-def write_random_checkpoint(arch: str, directory: Path, seed: int, init: str) -> Path:
-    """Random weights with the real ESM-2 architecture ``arch``, in fair-esm's on-disk format."""
-    import esm
-    from esm.model.esm2 import ESM2
-
-    layers, dim, heads = ARCHS[arch]
-    torch.manual_seed(seed)
-    model = ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
-                 alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
-    if init == "wide":  # the tests' init: log-probs that vary across positions (default init is flatter)
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0, 2.0 / dim**0.5)
-    cfg = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=dim,
-                             encoder_attention_heads=heads, token_dropout=True)
-    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items()
-             if not k.startswith("contact_head")}
-    path = directory / f"{arch}_random_seed{seed}.pt"  # the stem must start with "esm2"
-    torch.save({"cfg": {"model": cfg}, "model": state}, path)
-    return path
 
 
-def read_fasta(path: Path) -> list[tuple[str, str]]:
-    records, name, chunks = [], None, []
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line.startswith(">"):
-                if name is not None:
-                    records.append((name, "".join(chunks)))
-                name, chunks = line[1:].split()[0], []
-            elif line:
-                chunks.append(line.upper())
-    if name is not None:
-        records.append((name, "".join(chunks)))
-    return records
 
 
-def pick_proteins(fasta: Path, n: int, min_len: int, max_len: int) -> list[tuple[str, str]]:
-    chosen = [(name, seq) for name, seq in read_fasta(fasta) if min_len <= len(seq) <= max_len][:n]
-    if not chosen:
-        raise SystemExit(f"no protein of length {min_len}-{max_len} in {fasta}")
-    return chosen
 
 
-def forward_flops(tokens: int, layers: int, dim: int, vocab: int) -> float:
-    return tokens * (layers * (24 * dim * dim + 4 * tokens * dim) + 2 * dim * dim + 2 * dim * vocab)
 
 
 def naive_flops(lengths: list[int], layers: int, dim: int, vocab: int) -> float:
@@ -179,65 +90,14 @@ def naive_flops(lengths: list[int], layers: int, dim: int, vocab: int) -> float:
 # Timing helpers
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, reps: int, budget_s: float = 10.0) -> tuple[float, int]:
-    """FLOP/s of an n x n x n torch.matmul (best of ``reps`` after one warm-up) and the n used.
-
-    n is ``size`` unless a 256^3 probe says ``reps + 1`` products would exceed ``budget_s`` (bf16 on a CPU
-    without native bf16 instructions runs at a fraction of a GFLOP/s); then n is halved until they fit.
-    """
-    def best_time(n: int, count: int) -> float:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        best = math.inf
-        with torch.inference_mode():
-            for _ in range(count):
-                sync(device)
-                t0 = time.perf_counter()
-                torch.matmul(a, b)
-                sync(device)
-                best = min(best, time.perf_counter() - t0)
-        return best
-
-    probe = 2 * 256**3 / best_time(256, 2)
-    n = size
-    while n > 256 and (reps + 1) * 2 * n**3 / probe > budget_s:
-        n //= 2
-    best_time(n, 1)  # warm-up
-    return 2 * n**3 / best_time(n, reps), n
 
 
 # ---------------------------------------------------------------------------------------------
 # The naive loop (independent of screening)
 
 
-def naive_scores(model, alphabet, sequences: list[str], device: torch.device) -> list[dict]:
-    """Batch 1, one mask per forward, fair-esm's stock forward; plus one unmasked forward per protein."""
-    converter = alphabet.get_batch_converter()
-    out = []
-    with torch.inference_mode():
-        for seq in sequences:
-            _, _, tokens = converter([("p", seq)])
-            tokens = tokens.to(device)
-            assert tokens.shape[1] == len(seq) + 2 and tokens[0, 0] == alphabet.cls_idx
-            truth = tokens[0, 1:-1]
-            masked = []
-            for i in range(len(seq)):
-                copy = tokens.clone()
-                copy[0, i + 1] = alphabet.mask_idx
-                logits = model(copy)["logits"]
-                masked.append(torch.log_softmax(logits[0, i + 1].float(), dim=-1)[truth[i]])
-            logits = model(tokens)["logits"]
-            logp = torch.log_softmax(logits[0, 1:-1].float(), dim=-1)
-            unmasked = logp.gather(1, truth.unsqueeze(1)).squeeze(1)
-            out.append({"logp_masked": torch.stack(masked).double().cpu().numpy(),
-                        "logp_unmasked": unmasked.double().cpu().numpy()})
-    sync(device)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,17 +22,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from bench.bench_flow_scaling import machine  # noqa: E402
-from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
-from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
-from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
-from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
-from plmscreen.screening.run.tables import score_shard  # noqa: E402
+from common import machine
+from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
+from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.score.repeats import RepeatParams
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+from plmscreen.screening.run.tables import score_shard
 
 AMINO = STANDARD_ALPHABET
 

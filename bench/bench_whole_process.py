@@ -35,10 +35,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from common import write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 # Per size: architecture (layers, width, heads) and protein length range, chosen so that the naive
 # loop at each size runs in a few minutes on 2 cores.
@@ -50,27 +49,13 @@ SIZES = {
 }
 
 
-def write_checkpoint(layers: int, dim: int, heads: int, path: Path, seed: int = 0) -> Path:
-    import argparse as ap
-
-    import esm
-    import torch
-    from esm.model.esm2 import ESM2
-
-    torch.manual_seed(seed)
-    model = ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads,
-                 alphabet=esm.data.Alphabet.from_architecture("ESM-1b"), token_dropout=True)
-    cfg = ap.Namespace(encoder_layers=layers, encoder_embed_dim=dim, encoder_attention_heads=heads, token_dropout=True)
-    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items() if not k.startswith("contact_head")}
-    torch.save({"cfg": {"model": cfg}, "model": state}, path)
-    return path
 
 
 def naive_main(checkpoint: str, fasta: str) -> None:
     """The naive loop as its own process (``--naive-worker``)."""
     import torch
 
-    from bench_scoring import naive_scores, read_fasta
+    from common import naive_scores, read_fasta
     from plmscreen.screening.model.checkpoints import load_model
     from plmscreen.flows.resources import cpu_cores
 
@@ -179,7 +164,7 @@ def pppl_by_id(store: Path) -> dict[str, float]:
 def machine() -> dict:
     import platform
 
-    from bench_scoring import cpu_model
+    from common import cpu_model
     from plmscreen.flows.resources import cpu_cores
 
     return {"cpu_model": cpu_model(), "cores": cpu_cores(), "python": platform.python_version(),
@@ -187,7 +172,7 @@ def machine() -> dict:
 
 
 def run_size(args, size: int, work: Path) -> dict:
-    from bench_scoring import pick_proteins
+    from common import pick_proteins
 
     spec = dict(SIZES[size])
     if args.smoke:  # a quick check that the script runs end to end, not a measurement
@@ -296,7 +281,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
         naive_main(sys.argv[2], sys.argv[3])
         return
-    from bench_scoring import DEFAULT_FASTA
+    from common import DEFAULT_FASTA
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA, help="proteins to pick from (default: the E. coli proteome under shared/)")

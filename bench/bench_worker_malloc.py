@@ -25,8 +25,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 
 def score(checkpoint: str, sequences: list[str], restore: bool = False) -> dict:
@@ -65,7 +63,7 @@ def in_dask(checkpoint: str, sequences: list[str], plmscreen_cluster: bool, rest
 
 
 def child(mode: str, checkpoint: str, fasta: str) -> None:
-    from bench_scoring import read_fasta
+    from common import read_fasta
 
     sequences = [s for _, s in read_fasta(Path(fasta))]
     if mode == "plain":
@@ -79,8 +77,8 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(*sys.argv[2:5])
         return
-    from bench_scoring import DEFAULT_FASTA, cpu_model, pick_proteins
-    from bench_whole_process import write_checkpoint
+    from common import DEFAULT_FASTA, cpu_model, pick_proteins
+    from common import write_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA)

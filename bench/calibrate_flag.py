@@ -39,18 +39,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.bench_flow_scaling import machine  # noqa: E402
-from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require  # noqa: E402
-from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta  # noqa: E402
-from plmscreen.screening.score.metrics import FlagRule  # noqa: E402
-from plmscreen.screening.score.repeats import RepeatParams  # noqa: E402
-from plmscreen.screening.score.scorer import Scorer, ScoringOptions  # noqa: E402
-from plmscreen.screening.run.tables import score_shard  # noqa: E402
+from common import machine
+from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
+from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
+from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.score.repeats import RepeatParams
+from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+from plmscreen.screening.run.tables import score_shard
 
 AMINO = STANDARD_ALPHABET
 FACTORS = (1.02, 1.05, 1.10, 1.15, 1.20, 1.30, 1.50)
@@ -69,7 +68,7 @@ def mutate(segment: str, identity: float, rng: random.Random) -> str:
 
 def build_sets(args) -> dict[str, list[tuple[ProteinRecord, dict]]]:
     """name -> [(record, labels)]"""
-    from bench.repeat_benchmark import load
+    from common import load_tandem_repeats as load
 
     rng = random.Random(args.seed)
     proteome = [r for r in read_fasta(require(args.fasta, "--fasta", ECOLI_FASTA)).records if 50 <= len(r.sequence) <= args.max_len]

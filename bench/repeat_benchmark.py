@@ -35,17 +35,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import collections
-import csv
 import dataclasses
-import gzip
-import io
 import json
 import os
 import platform
-import re
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -53,10 +47,9 @@ import numpy as np
 from Bio import SeqIO
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.datasets import ECOLI_FASTA, TANDEM_REPEATS, default_path, require  # noqa: E402
-from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_map, repeat_residues  # noqa: E402
+from common import default_path, ECOLI_FASTA, load_tandem_repeats, require, TANDEM_REPEATS
+from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_map, repeat_residues
 
 OUT = ROOT / "bench" / "results"
 IDENTITY_BINS = [0.0, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0001]
@@ -68,73 +61,8 @@ def _bin_label(lo: float, hi: float) -> str:
     return f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}"
 
 
-def load(data: Path) -> dict:
-    """Chains with truth units (1-based inclusive), decoy and CE-Symm unit alignments."""
-    tps = {r.id.split("|")[0]: str(r.seq) for r in SeqIO.parse(gzip.open(data / "TPs_v5.fas.gz", "rt"), "fasta")}
-    fps = {r.id.split("|")[0]: str(r.seq) for r in SeqIO.parse(gzip.open(data / "FPs_v5.fas.gz", "rt"), "fasta")}
-    units: dict[str, list[dict]] = collections.defaultdict(list)
-    with open(data / "units.tsv") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            units[row["ID1"]].append(row)
-    alignments = {}
-    with tarfile.open(data / "repeat_alignments_v2.tar.gz") as tf:
-        for member in tf.getmembers():
-            if member.name.endswith(".fas"):
-                key = member.name.rsplit("/", 1)[-1][:-4]
-                if key in tps:
-                    text = tf.extractfile(member).read().decode()
-                    alignments[key] = [(r.id, str(r.seq)) for r in SeqIO.parse(io.StringIO(text), "fasta")]
-    chains = {}
-    for key, seq in tps.items():
-        if key not in units or key not in fps or len(fps[key]) != len(seq):
-            continue  # 2CE2X has no units in units.tsv
-        spans = [(int(r["begin_label"]), int(r["end_label"])) for r in units[key]]
-        chains[key] = {
-            "seq": seq,
-            "decoy": fps[key],
-            "units": spans,
-            "unit_pairs": _unit_pairs(seq, units[key], alignments.get(key, [])),
-        }
-    return chains
 
 
-def _unit_pairs(seq: str, unit_rows: list[dict], aln: list[tuple[str, str]]) -> list[dict]:
-    """Per pair of CE-Symm units: identity over structurally aligned columns and the aligned
-    residue pairs as 1-based sequence positions (None when a unit's letters do not match the
-    sequence at its label coordinates)."""
-    label = {(r["begin_auth"], r["end_auth"]): (int(r["begin_label"]), int(r["end_label"])) for r in unit_rows}
-    rows = []
-    for rid, text in aln:
-        m = re.search(r"_(-?\d+)-(-?\d+)$", rid)
-        span = label.get((m.group(1), m.group(2))) if m else None
-        positions = None
-        letters = text.replace("-", "").upper()
-        if span is not None:
-            n = min(len(letters), span[1] - span[0] + 1)
-            if n > 0 and seq[span[0] - 1 : span[0] - 1 + n] == letters[:n]:
-                positions = []
-                k = span[0]
-                for ch in text:
-                    if ch == "-":
-                        positions.append(None)
-                    else:
-                        positions.append(k if k < span[0] + n else None)
-                        k += 1
-        rows.append((text, positions))
-    pairs = []
-    for a in range(len(rows)):
-        for b in range(a + 1, len(rows)):
-            ta, pa = rows[a]
-            tb, pb = rows[b]
-            cols = [k for k in range(min(len(ta), len(tb))) if ta[k].isupper() and tb[k].isupper()]
-            if not cols:
-                continue
-            ident = sum(ta[k] == tb[k] for k in cols) / len(cols)
-            res_pairs = None
-            if pa is not None and pb is not None:
-                res_pairs = [(pa[k], pb[k]) for k in cols if pa[k] is not None and pb[k] is not None]
-            pairs.append({"identity": ident, "pairs": res_pairs})
-    return pairs
 
 
 def evaluate(chains: dict, keys: list[str], params: RepeatParams, sweep: list[float], report_p: float) -> dict:
@@ -408,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sorted(set(SWEEP) | {base.max_pvalue})
     loose = dataclasses.replace(base, max_pvalue=max(sweep))
 
-    chains = load(require(args.data, "--data", TANDEM_REPEATS))
+    chains = load_tandem_repeats(require(args.data, "--data", TANDEM_REPEATS))
     halves = split_halves(list(chains), args.split_seed)
     keys = sorted(chains) if args.half == "all" else halves[args.half]
     if args.n and args.n < len(keys):

@@ -24,7 +24,7 @@ def widen(model: torch.nn.Module, scale: float = 2.0, seed: int = 0) -> None:
 
 def write_hf_esm(directory: Path, fair_esm_checkpoint: Path) -> Path:
     """The fair-esm checkpoint converted with plmscreen's converter (transformers' mapping)."""
-    from screening.backends.convert import convert_checkpoint
+    from plmscreen.screening.model.backends.convert import convert_checkpoint
 
     return convert_checkpoint(fair_esm_checkpoint, directory)
 

@@ -11,11 +11,11 @@ import torch
 pytest.importorskip("sequence_models", reason="plmscreen[carp] not installed")
 
 from backend_models import RESIDUES, one_torch_thread, write_carp  # noqa: E402, F401
-from screening.backends.carp import CarpBackend  # noqa: E402
-from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
-from screening.backends.scorer import BackendScorer  # noqa: E402
-from screening.model import ModelLoadError  # noqa: E402
-from screening.scoring import Probe, ScoringOptions, window_start  # noqa: E402
+from plmscreen.screening.model.backends.carp import CarpBackend  # noqa: E402
+from plmscreen.screening.model.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
+from plmscreen.screening.model.backends.scorer import BackendScorer  # noqa: E402
+from plmscreen.screening.model.checkpoints import ModelLoadError  # noqa: E402
+from plmscreen.screening.score.scorer import Probe, ScoringOptions, window_start  # noqa: E402
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
@@ -143,7 +143,7 @@ def test_resolution_identity_and_errors(tmp_path, carp_path, carp, monkeypatch):
 def test_diagnostics_run_unchanged_on_a_backend_without_bos(carp, reference):
     """residue_diagnostics (probes, token_index) through BackendScorer: the null co-masks and the
     copy-following probability match the naive loop on CARP, whose residue i is token i."""
-    from screening.diagnostics import residue_diagnostics
+    from plmscreen.screening.score.diagnostics import residue_diagnostics
 
     seq, mates = SEQS[1], PARTNERS[1]
     diag = residue_diagnostics(BackendScorer(carp), [seq], [mates], null_draws=2)[0]

@@ -10,10 +10,10 @@ pytest.importorskip("transformers", reason="plmscreen[hf] not installed")
 pytest.importorskip("transformers.models.esmc", reason="this transformers has no ESM C")
 
 from backend_models import RESIDUES, one_torch_thread, write_esmc  # noqa: E402, F401
-from screening.backends.esmc import EsmcBackend  # noqa: E402
-from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
-from screening.backends.scorer import BackendScorer  # noqa: E402
-from screening.scoring import Probe, ScoringOptions, window_start  # noqa: E402
+from plmscreen.screening.model.backends.esmc import EsmcBackend  # noqa: E402
+from plmscreen.screening.model.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
+from plmscreen.screening.model.backends.scorer import BackendScorer  # noqa: E402
+from plmscreen.screening.score.scorer import Probe, ScoringOptions, window_start  # noqa: E402
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from backend_models import one_torch_thread  # noqa: F401
-from screening.backends.base import Backend
-from screening.backends.fair_esm import FairEsmBackend
-from screening.backends.resolve import load_backend, resolve_model
-from screening.backends.scorer import BackendScorer
-from screening.scoring import Probe, Scorer, ScoringOptions
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+from plmscreen.screening.model.backends.resolve import load_backend, resolve_model
+from plmscreen.screening.model.backends.scorer import BackendScorer
+from plmscreen.screening.score.scorer import Probe, Scorer, ScoringOptions
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",

@@ -11,11 +11,11 @@ import torch
 pytest.importorskip("transformers", reason="plmscreen[hf] not installed")
 
 from backend_models import RESIDUES, one_torch_thread, write_hf_esm  # noqa: E402, F401
-from screening.backends.hf_esm import HfEsmBackend  # noqa: E402
-from screening.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
-from screening.backends.scorer import BackendScorer  # noqa: E402
-from screening.model import ModelLoadError  # noqa: E402
-from screening.scoring import Probe, Scorer, ScoringOptions  # noqa: E402
+from plmscreen.screening.model.backends.hf_esm import HfEsmBackend  # noqa: E402
+from plmscreen.screening.model.backends.resolve import load_backend, model_window, resolve_model  # noqa: E402
+from plmscreen.screening.model.backends.scorer import BackendScorer  # noqa: E402
+from plmscreen.screening.model.checkpoints import ModelLoadError  # noqa: E402
+from plmscreen.screening.score.scorer import Probe, Scorer, ScoringOptions  # noqa: E402
 
 SEQS = [
     "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from screening.backends.base import Backend
-from screening.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from screening.backends.hf_esm import check_loading_info, materialise, quiet_transformers, vocab_by_id
-from screening.forward import _gather_rows
-from screening.model import CheckpointIdentity, ModelLoadError, resolve_device
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
+from plmscreen.screening.model.backends.hf_esm import check_loading_info, materialise, quiet_transformers, vocab_by_id
+from plmscreen.screening.model.forward import _gather_rows
+from plmscreen.screening.model.checkpoints import CheckpointIdentity, ModelLoadError, resolve_device
 
 
 def load_esmc_tokenizer(directory: Path | None):

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from screening.backends.base import Backend
-from screening.forward import _gather_rows
-from screening.model import (
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.forward import _gather_rows
+from plmscreen.screening.model.checkpoints import (
     OFFLINE_ENV,
     CheckpointIdentity,
     ModelLoadError,

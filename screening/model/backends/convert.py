@@ -6,7 +6,7 @@ copied into the HF module that plays its part, the tokenizer's vocab.txt is fair
 token order, and the converted model is checked against fair-esm's own forward before anything is
 written. The result is config.json + model.safetensors + the tokenizer files.
 
-  python -m screening.backends.convert esm2_t6_8M_UR50D.pt OUT_DIR
+  python -m plmscreen.screening.model.backends.convert esm2_t6_8M_UR50D.pt OUT_DIR
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from screening.model import ModelLoadError, build_model, read_checkpoint
+from plmscreen.screening.model.checkpoints import ModelLoadError, build_model, read_checkpoint
 
 # fair-esm ESM2 module (per layer) -> HF EsmLayer module
 LAYER_MAP = {
@@ -122,7 +122,7 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     hf = fair_esm_to_hf(esm_model, alphabet)
     check_same_outputs(esm_model, hf, alphabet)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from screening.backends.hf_esm import quiet_transformers
+    from plmscreen.screening.model.backends.hf_esm import quiet_transformers
 
     with quiet_transformers():
         hf.save_pretrained(out_dir, safe_serialization=True)

@@ -14,8 +14,8 @@ import os
 import re
 from pathlib import Path
 
-from screening.backends.base import weights_sha256
-from screening.model import WEIGHTS_DIR_ENV, ModelLoadError
+from plmscreen.screening.model.backends.base import weights_sha256
+from plmscreen.screening.model.checkpoints import WEIGHTS_DIR_ENV, ModelLoadError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt"]

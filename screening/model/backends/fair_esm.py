@@ -1,6 +1,6 @@
-"""fair-esm ESM-2: today's native path (``screening.model.load_model`` + ``screening.forward``) as a backend.
+"""fair-esm ESM-2: today's native path (``plmscreen.screening.model.checkpoints.load_model`` + ``plmscreen.screening.model.forward``) as a backend.
 
-Nothing numerical is new here: the fast path is ``screening.forward.logprobs_at`` and the reference
+Nothing numerical is new here: the fast path is ``plmscreen.screening.model.forward.logprobs_at`` and the reference
 path is fair-esm's own ``model(tokens)["logits"]``, exactly what ``Scorer._forward`` runs for the
 engines "plmscreen" and "fair-esm", so scores through this backend are bit-identical to today's.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from screening.backends.base import Backend
-from screening.forward import logprobs_at as esm2_logprobs_at
-from screening.model import LoadedModel, load_model
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.forward import logprobs_at as esm2_logprobs_at
+from plmscreen.screening.model.checkpoints import LoadedModel, load_model
 
 
 class FairEsmBackend(Backend):
@@ -30,7 +30,7 @@ class FairEsmBackend(Backend):
 
     @classmethod
     def load(cls, model: str, normalise: str = "vocabulary", **load_kwargs) -> FairEsmBackend:
-        """``screening.model.load_model`` (bundled name, fair-esm name or checkpoint path), wrapped."""
+        """``plmscreen.screening.model.checkpoints.load_model`` (bundled name, fair-esm name or checkpoint path), wrapped."""
         return cls(load_model(model, **load_kwargs), normalise=normalise)
 
     # The window follows the LoadedModel, as the scorer's tests change it there.

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from screening.backends.base import Backend
-from screening.backends.carp import CARP_MODELS, is_carp_checkpoint
-from screening.backends.hf_common import is_hf_dir, looks_like_hub_id, read_config, resolve_hf
-from screening.model import BUNDLED_MODELS, ESM2_MODELS, ModelLoadError
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.carp import CARP_MODELS, is_carp_checkpoint
+from plmscreen.screening.model.backends.hf_common import is_hf_dir, looks_like_hub_id, read_config, resolve_hf
+from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, ESM2_MODELS, ModelLoadError
 
 FAMILIES = ("fair-esm", "carp", "hf-esm", "hf-esmc")
 HF_MODEL_TYPES = {"esm": "hf-esm", "esmc": "hf-esmc"}
@@ -70,23 +70,23 @@ def load_backend(model: str, weights_dir=None, device: str = "auto", allow_downl
     family, name, directory = resolve_model(model, weights_dir, hub_download)
     normalise = normalise or DEFAULT_NORMALISE[family]
     if family == "fair-esm":
-        from screening.backends.fair_esm import FairEsmBackend
-        from screening.model import ESM2_MAX_RESIDUES
+        from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+        from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES
 
         return FairEsmBackend.load(model, normalise=normalise, weights_dir=weights_dir, device=device,
                                    allow_download=allow_download, max_residues=max_residues or ESM2_MAX_RESIDUES,
                                    expected_sha256=expected_sha256, **fair_esm_kwargs)
     if family == "carp":
-        from screening.backends.carp import CARP_MAX_RESIDUES, CarpBackend
+        from plmscreen.screening.model.backends.carp import CARP_MAX_RESIDUES, CarpBackend
 
         return CarpBackend.load(model, weights_dir=weights_dir, device=device, normalise=normalise,
                                 max_residues=max_residues or CARP_MAX_RESIDUES, allow_download=allow_download,
                                 expected_sha256=expected_sha256)
     try:
         if family == "hf-esm":
-            from screening.backends.hf_esm import HfEsmBackend as cls
+            from plmscreen.screening.model.backends.hf_esm import HfEsmBackend as cls
         else:
-            from screening.backends.esmc import EsmcBackend as cls
+            from plmscreen.screening.model.backends.esmc import EsmcBackend as cls
     except ImportError as exc:
         raise ModelLoadError(f"{model} is a Hugging Face checkpoint: install plmscreen[hf] ({exc})") from exc
     return cls.load(directory, name=name, device=device, normalise=normalise, max_residues=max_residues,
@@ -96,8 +96,8 @@ def load_backend(model: str, weights_dir=None, device: str = "auto", allow_downl
 def model_window(model: str, weights_dir=None) -> int:
     """The window ``load_backend(model)`` will use, from names and config.json only (no weights
     read): what shard planning (``screen.shard_cost``) needs before any worker loads the model."""
-    from screening.backends.carp import CARP_MAX_RESIDUES
-    from screening.model import ESM2_MAX_RESIDUES
+    from plmscreen.screening.model.backends.carp import CARP_MAX_RESIDUES
+    from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES
 
     family, _, directory = resolve_model(model, weights_dir)
     if family == "fair-esm":

@@ -2,8 +2,8 @@
 
 A backend turns residues into model tokens with an explicit residue -> token map, assembles
 masked copies (specials, masks, padding), and returns log-probabilities at query token positions,
-normalised over a declared set of tokens. The scorer (``screening.scoring.Scorer``, through
-``screening.backends.scorer.BackendScorer`` until the two are merged), triage, diagnostics,
+normalised over a declared set of tokens. The scorer (``plmscreen.screening.score.scorer.Scorer``, through
+``plmscreen.screening.model.backends.scorer.BackendScorer`` until the two are merged), triage, diagnostics,
 validation and calibration only ever talk to this interface, so the same batching, windowing and
 partner co-masking run on every family.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from screening.fasta import EXTRA_RESIDUES, STANDARD_ALPHABET
-from screening.model import file_sha256
-from screening.scoring import CPU_BATCH_TOKENS
+from plmscreen.screening.input import EXTRA_RESIDUES, STANDARD_ALPHABET
+from plmscreen.screening.model.checkpoints import file_sha256
+from plmscreen.screening.score.scorer import CPU_BATCH_TOKENS
 
 RESIDUE_LETTERS = STANDARD_ALPHABET + "".join(sorted(EXTRA_RESIDUES))
 NORMALISATIONS = ("vocabulary", "residues")
@@ -178,7 +178,7 @@ class Backend(ABC):
     # --- sizing and provenance ------------------------------------------------------------
 
     def auto_batch_tokens(self, memory_fraction: float = 0.6) -> int:
-        """Token budget per batch, as ``screening.scoring.auto_batch_tokens`` sizes it for ESM-2:
+        """Token budget per batch, as ``plmscreen.screening.score.scorer.auto_batch_tokens`` sizes it for ESM-2:
         the CPU default, or what about 12 activations of width d per token leave in free GPU memory."""
         if self.device.type != "cuda":
             return CPU_BATCH_TOKENS

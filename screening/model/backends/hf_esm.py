@@ -1,6 +1,6 @@
 """ESM-2 through Hugging Face transformers (``EsmForMaskedLM``): a directory or a hub id.
 
-The fast path runs the HF modules with the same savings as ``screening.forward`` (SDPA attention,
+The fast path runs the HF modules with the same savings as ``plmscreen.screening.model.forward`` (SDPA attention,
 the last layer's queries, feed-forward and the LM head only at the positions read, no attention
 maps), and the same math as ``EsmForMaskedLM.forward``, including ESM's token-dropout rescaling:
 HF zeroes the embeddings of masked tokens and multiplies all embeddings by
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from screening.backends.base import Backend
-from screening.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from screening.forward import RotaryTables, _gather_rows, _rotate_half
-from screening.model import ESM2_MAX_RESIDUES, CheckpointIdentity, ModelLoadError, resolve_device
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
+from plmscreen.screening.model.forward import RotaryTables, _gather_rows, _rotate_half
+from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES, CheckpointIdentity, ModelLoadError, resolve_device
 
 _ROTARY = RotaryTables()
 # Keys a converted checkpoint may lack without changing any score.

@@ -1,5 +1,5 @@
 """``Scorer`` over any backend: the same jobs, windows, batches and partner co-masking as
-``screening.scoring.Scorer``, with tokens, masks and the forward pass taken from a ``Backend``.
+``plmscreen.screening.score.scorer.Scorer``, with tokens, masks and the forward pass taken from a ``Backend``.
 
 This subclass only replaces the four places where ``Scorer`` reads fair-esm directly (its alphabet
 in ``__init__``/``encode``/``token_index``, BOS/EOS/padding in ``_batch_logprobs`` and the forward in
@@ -14,8 +14,8 @@ from contextlib import nullcontext
 
 import torch
 
-from screening.backends.base import Backend
-from screening.scoring import _AUTOCAST, Scorer, ScoringOptions, _Job
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.score.scorer import _AUTOCAST, Scorer, ScoringOptions, _Job
 
 
 class BackendScorer(Scorer):
