@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 from plmscreen.screening.model.backends.base import Backend
-from plmscreen.screening.model.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from plmscreen.screening.model.backends.hf_esm import check_loading_info, materialise, quiet_transformers, vocab_by_id
+from plmscreen.screening.model.backends.hf_esm import load_transformers_model, vocab_by_id
 from plmscreen.screening.model.forward import _gather_rows
-from plmscreen.screening.model.checkpoints import CheckpointIdentity, ModelLoadError, resolve_device
+from plmscreen.screening.model.checkpoints import ModelLoadError
 
 
 def load_esmc_tokenizer(directory: Path | None):
@@ -64,28 +63,8 @@ class EsmcBackend(Backend):
 
             raise ModelLoadError(f"transformers {transformers.__version__} has no ESM C (EsmcForMaskedLM); "
                                  f"install plmscreen[hf] (transformers 5.24)") from exc
-        directory = Path(directory)
-        config = read_config(directory)
-        if config.get("model_type") != "esmc":
-            raise ModelLoadError(f"{directory} is a '{config.get('model_type')}' checkpoint, not ESM C (model_type 'esmc')")
-        torch_device = resolve_device(device)
-        files = weight_files(directory)
-        before = [CheckpointIdentity.of(f) for f in files]
-        sha256, extra = checkpoint_identity(directory)
-        check_expected(directory, sha256, expected_sha256)
-        try:
-            with quiet_transformers():
-                model, info = EsmcForMaskedLM.from_pretrained(
-                    directory, use_safetensors=True, local_files_only=True, output_loading_info=True,
-                    dtype=torch.float32, attn_implementation="sdpa")
-            tokenizer = load_esmc_tokenizer(directory)
-        except (OSError, ValueError, RuntimeError, TypeError) as exc:
-            raise ModelLoadError(f"cannot load {directory} as EsmcForMaskedLM: {type(exc).__name__}: {exc}") from exc
-        check_loading_info(info, directory)
-        if [CheckpointIdentity.of(f) for f in files] != before:
-            raise ModelLoadError(f"checkpoint {directory} changed while it was being loaded; retry once it is complete")
-        return cls(materialise(model).eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
-                   sha256=sha256, device=torch_device, normalise=normalise, max_residues=max_residues, extra=extra)
+        return load_transformers_model(cls, EsmcForMaskedLM, load_esmc_tokenizer, "esmc", directory, name, device,
+                                       normalise, max_residues, expected_sha256)
 
     def _logits_at(self, tokens, query_pos, reference):
         attention = (~self.padding(tokens)).long()

@@ -72,6 +72,37 @@ def check_loading_info(info: dict, directory: Path, optional=_OPTIONAL_KEYS) -> 
         )
 
 
+def load_transformers_model(backend_cls, model_cls, load_tokenizer, model_type: str, directory, name, device, normalise,
+                            max_residues, expected_sha256):
+    """A transformers masked-LM checkpoint directory loaded as ``backend_cls``: the config's model
+    type checked, the weights hashed (and checked against the run's planned digest), loaded
+    offline from safetensors, copied off the memory map, and refused if the files changed meanwhile."""
+    directory = Path(directory)
+    config = read_config(directory)
+    if config.get("model_type") != model_type:
+        raise ModelLoadError(f"{directory} is a '{config.get('model_type')}' checkpoint, not {model_cls.__name__} "
+                             f"(model_type '{model_type}')")
+    torch_device = resolve_device(device)
+    files = weight_files(directory)
+    before = [CheckpointIdentity.of(f) for f in files]
+    sha256, extra = checkpoint_identity(directory)
+    check_expected(directory, sha256, expected_sha256)
+    try:
+        with quiet_transformers():
+            model, info = model_cls.from_pretrained(
+                directory, use_safetensors=True, local_files_only=True, output_loading_info=True,
+                dtype=torch.float32, attn_implementation="sdpa")
+        tokenizer = load_tokenizer(directory)
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"cannot load {directory} as {model_cls.__name__}: {type(exc).__name__}: {exc}") from exc
+    check_loading_info(info, directory)
+    if [CheckpointIdentity.of(f) for f in files] != before:
+        raise ModelLoadError(f"checkpoint {directory} changed while it was being loaded; retry once it is complete")
+    return backend_cls(materialise(model).eval().to(torch_device), tokenizer, name=name or directory.resolve().name,
+                       directory=directory, sha256=sha256, device=torch_device, normalise=normalise,
+                       max_residues=max_residues, extra=extra)
+
+
 def _fast_path_applies(config) -> bool:
     return (getattr(config, "position_embedding_type", "absolute") == "rotary" and not config.emb_layer_norm_before
             and not config.is_decoder)
@@ -154,28 +185,8 @@ class HfEsmBackend(Backend):
              max_residues: int | None = None, expected_sha256: str | None = None) -> HfEsmBackend:
         from transformers import EsmForMaskedLM, EsmTokenizer
 
-        directory = Path(directory)
-        config = read_config(directory)
-        if config.get("model_type") != "esm":
-            raise ModelLoadError(f"{directory} is a '{config.get('model_type')}' checkpoint, not ESM (model_type 'esm')")
-        torch_device = resolve_device(device)
-        files = weight_files(directory)
-        before = [CheckpointIdentity.of(f) for f in files]
-        sha256, extra = checkpoint_identity(directory)
-        check_expected(directory, sha256, expected_sha256)
-        try:
-            with quiet_transformers():
-                model, info = EsmForMaskedLM.from_pretrained(
-                    directory, use_safetensors=True, local_files_only=True, output_loading_info=True,
-                    dtype=torch.float32, attn_implementation="sdpa")
-            tokenizer = EsmTokenizer.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, TypeError) as exc:
-            raise ModelLoadError(f"cannot load {directory} as EsmForMaskedLM: {type(exc).__name__}: {exc}") from exc
-        check_loading_info(info, directory)
-        if [CheckpointIdentity.of(f) for f in files] != before:
-            raise ModelLoadError(f"checkpoint {directory} changed while it was being loaded; retry once it is complete")
-        return cls(materialise(model).eval().to(torch_device), tokenizer, name=name or directory.resolve().name, directory=directory,
-                   sha256=sha256, device=torch_device, normalise=normalise, max_residues=max_residues, extra=extra)
+        return load_transformers_model(cls, EsmForMaskedLM, lambda d: EsmTokenizer.from_pretrained(d, local_files_only=True),
+                                       "esm", directory, name, device, normalise, max_residues, expected_sha256)
 
     def _logits_at(self, tokens, query_pos, reference):
         if self.fast and not reference:
