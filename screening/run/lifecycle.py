@@ -26,7 +26,7 @@ from plmscreen.screening.run.plan import RunPlan, prepare_run
 from plmscreen.screening.run.settings import ScreenSettings
 from plmscreen.screening.run.tables import score_shard, write_shard
 from plmscreen.screening.score.scorer import Scorer
-from plmscreen.screening.store.layout import run_dir
+from plmscreen.screening.store.layout import run_json_path, run_parts
 
 
 @dataclass
@@ -114,7 +114,7 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     with plan.open_catalog() as catalog:
         catalog.finish_run(plan.run_id, "failed" if failed else "done")
     flagged: list[dict] = []
-    files = sorted(run_dir(plan.store, "sequences", plan.model_name, plan.run_id).glob("part-*.parquet"))
+    files = run_parts(plan.store, "sequences", plan.model_name, plan.run_id)
     for path in files:
         flagged += [row for row in pq.read_table(path).to_pylist() if row["flagged"]]
     summary = ScreenSummary(
@@ -135,7 +135,7 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     )
     run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
                 "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
-    (plan.store / "runs" / plan.run_id / "run.json").write_text(json.dumps(run_json, indent=2))
+    run_json_path(plan.store, plan.run_id).write_text(json.dumps(run_json, indent=2))
     # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
     from plmscreen.screening.errors import StoreError
     from plmscreen.screening.store.views import refresh_views

@@ -25,6 +25,7 @@ from plmscreen.screening.model.checkpoints import (
 )
 from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.settings import MAX_SHARD_TOKENS, ScreenSettings
+from plmscreen.screening.store.layout import run_info_dir
 
 
 def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
@@ -160,7 +161,7 @@ def prepare_run(
             from plmscreen.screening.store.runs import delete_run  # the one way a run is deleted (also `runs delete`)
 
             delete_run(store, run_id, catalog)
-        info_dir = store / "runs" / run_id
+        info_dir = run_info_dir(store, run_id)
         info_dir.mkdir(parents=True, exist_ok=True)
         if contents.rejects:
             plan.rejects_file = info_dir / "rejects.tsv"

@@ -15,7 +15,7 @@ from plmscreen.screening.score.diagnostics import ResidueDiagnostics, residue_di
 from plmscreen.screening.score.metrics import FlagRule, could_flag, summarize
 from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_details
 from plmscreen.screening.score.scorer import Scorer, SequenceScores
-from plmscreen.screening.store.layout import run_dir
+from plmscreen.screening.store.layout import part_file
 from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
 
 TABLES = ("residues", "sequences", "repeats")
@@ -134,8 +134,7 @@ def repeat_table(records: Sequence[ProteinRecord], regions: Sequence[Sequence]) 
     return pa.Table.from_pylist(rows, schema=REPEATS_SCHEMA)
 
 def write_shard(tables: ShardTables, store: Path, model_name: str, run_id: str, shard: int, metadata: dict) -> list[Path]:
-    name = f"part-{shard:05d}.parquet"
     return [
-        write_parquet_atomic(with_metadata(table, metadata), run_dir(store, kind, model_name, run_id) / name)
+        write_parquet_atomic(with_metadata(table, metadata), part_file(store, kind, model_name, run_id, shard))
         for kind, table in (("residues", tables.residues), ("sequences", tables.sequences), ("repeats", tables.repeats))
     ]

@@ -25,7 +25,7 @@ from plmscreen.screening.store.guard import (
     _time_limit_error,
     validate_sql,
 )
-from plmscreen.screening.store.layout import DATA_TABLES, _store_dir, check_schema_versions
+from plmscreen.screening.store.layout import DATA_TABLES, RUNS_DIR, _store_dir, check_schema_versions
 from plmscreen.screening.store.queries import bind_params, named_queries
 from plmscreen.screening.store.views import (
     _CONFIG,
@@ -129,7 +129,7 @@ class Store:
 
 def _lock_down(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """No file access outside the data directories, no extensions, no setting changes from now on."""
-    allowed = ", ".join(f"'{_sql_literal_path(root / d)}/'" for d in (*DATA_TABLES, "runs"))
+    allowed = ", ".join(f"'{_sql_literal_path(root / d)}/'" for d in (*DATA_TABLES, RUNS_DIR))
     con.execute(f"SET allowed_directories = [{allowed}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

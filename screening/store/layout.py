@@ -19,6 +19,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
+RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run) and rejects.tsv
 VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
 QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
 _INFO_TABLE = "plmscreen_views_info"
@@ -128,3 +129,22 @@ def run_dir(store: Path, table: str, model_name: str, run_id: str) -> Path:
     """Hive partitions: STORE/<table>/model=<model>/run=<run_id>/part-NNNNN.parquet."""
     model_part = re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
     return Path(store) / table / f"model={model_part}" / f"run={run_id}"
+
+
+def part_file(store: Path, table: str, model_name: str, run_id: str, shard: int) -> Path:
+    """The Parquet file of one shard of one table: STORE/<table>/model=<m>/run=<r>/part-NNNNN.parquet."""
+    return run_dir(store, table, model_name, run_id) / f"part-{shard:05d}.parquet"
+
+
+def run_parts(store: Path, table: str, model_name: str, run_id: str) -> list[Path]:
+    """A run's finished part files of one table, in shard order."""
+    return sorted(run_dir(store, table, model_name, run_id).glob("part-*.parquet"))
+
+
+def run_info_dir(store: Path, run_id: str) -> Path:
+    """STORE/runs/<run_id>: the run's record (run.json once finished) and its rejects."""
+    return Path(store) / RUNS_DIR / run_id
+
+
+def run_json_path(store: Path, run_id: str) -> Path:
+    return run_info_dir(store, run_id) / "run.json"

@@ -12,7 +12,7 @@ from typing import Any
 from plmscreen.screening.errors import StoreError
 from plmscreen.screening.store.connection import Store, open_store
 from plmscreen.screening.store.guard import QueryLimits
-from plmscreen.screening.store.layout import _RUN_ID, DATA_TABLES, DATABASE_NAME, _store_dir
+from plmscreen.screening.store.layout import _RUN_ID, DATA_TABLES, DATABASE_NAME, RUNS_DIR, _store_dir, run_info_dir
 from plmscreen.screening.store.views import refresh_views
 
 # Runs
@@ -22,7 +22,7 @@ def store_runs(store: str | Path) -> list[str]:
     """Run ids with files (any table) or a runs/<run> directory in the store, sorted."""
     root = _store_dir(store)
     runs = {p.name[len("run="):] for t in DATA_TABLES for p in (root / t).glob("model=*/run=*") if p.is_dir()}
-    runs |= {p.name for p in (root / "runs").glob("*") if p.is_dir()}
+    runs |= {p.name for p in (root / RUNS_DIR).glob("*") if p.is_dir()}
     return sorted(runs)
 
 
@@ -44,7 +44,7 @@ def delete_run(store: str | Path, run_id: str, catalog=None) -> DeletedRun:
     if not _RUN_ID.fullmatch(run_id):
         raise StoreError(f"invalid run id {run_id!r}")
     targets = [p for t in DATA_TABLES for p in sorted((root / t).glob(f"model=*/run={run_id}")) if p.is_dir()]
-    info = root / "runs" / run_id
+    info = run_info_dir(root, run_id)
     if info.is_dir():
         targets.append(info)
     trash = root / ".trash" / f"{run_id}.{uuid.uuid4().hex[:8]}"
