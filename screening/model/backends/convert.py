@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-
+from plmscreen.screening.input import STANDARD_ALPHABET
 from plmscreen.screening.model.checkpoints import ModelLoadError, build_model, read_checkpoint
 
 # fair-esm ESM2 module (per layer) -> HF EsmLayer module
@@ -96,7 +96,7 @@ def save_tokenizer(alphabet, directory: Path):
 def check_same_outputs(esm_model, hf, alphabet, atol: float = 1e-4) -> float:
     """Largest |logit difference| between fair-esm's forward and HF's on a padded, masked batch."""
     torch.manual_seed(0)
-    standard = [alphabet.get_idx(a) for a in "ACDEFGHIKLMNPQRSTVWY"]
+    standard = [alphabet.get_idx(a) for a in STANDARD_ALPHABET]
     lengths = (37, 20)
     tokens = torch.full((2, max(lengths) + 2), alphabet.padding_idx)
     for row, n in enumerate(lengths):
