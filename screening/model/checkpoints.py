@@ -86,15 +86,14 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> dict:
-        return {
-            "model_name": self.name,
-            "checkpoint_path": self.checkpoint_path,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "num_layers": self.model.num_layers,
-            "embed_dim": self.model.embed_dim,
-            "attention_heads": self.model.attention_heads,
-            "num_parameters": self.num_parameters,
-        }
+        return {**model_record(self), "num_layers": self.model.num_layers, "embed_dim": self.model.embed_dim,
+                "attention_heads": self.model.attention_heads}
+
+
+def model_record(loaded) -> dict:
+    """What every run records about its model, whatever its family (``describe()`` adds the rest)."""
+    return {"model_name": loaded.name, "checkpoint_path": loaded.checkpoint_path,
+            "checkpoint_sha256": loaded.checkpoint_sha256, "num_parameters": loaded.num_parameters}
 
 
 def _hash_file(path: str | Path) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from plmscreen.screening.input import EXTRA_RESIDUES, STANDARD_ALPHABET
-from plmscreen.screening.model.checkpoints import file_sha256
+from plmscreen.screening.model.checkpoints import file_sha256, model_record
 from plmscreen.screening.score.scorer import CPU_BATCH_TOKENS
 
 RESIDUE_LETTERS = STANDARD_ALPHABET + "".join(sorted(EXTRA_RESIDUES))
@@ -192,11 +192,8 @@ class Backend(ABC):
     def describe(self) -> dict:
         """What a run records about the model (the scorer's output metadata)."""
         return {
-            "model_name": self.name,
+            **model_record(self),
             "model_family": self.family,
-            "checkpoint_path": self.checkpoint_path,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "num_parameters": self.num_parameters,
             "embed_dim": self.embed_dim,
             "max_residues": self.max_residues,
             "normalise": self.normalise,
