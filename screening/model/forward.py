@@ -45,6 +45,19 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, expand)
 
 
+def rotary_attention(q, k, v, cos_sin, query_pos, key_mask, scale: float) -> torch.Tensor:
+    """Rotary-embedded scaled dot-product attention of (B, H, Q, D) queries over (B, H, T, D) keys;
+    the queries sit at token positions ``query_pos`` (B, Q), or at every position when it is None."""
+    cos, sin = cos_sin
+    k = k * cos.to(k.dtype) + _rotate_half(k) * sin.to(k.dtype)
+    if query_pos is None:
+        q_cos, q_sin = cos, sin
+    else:
+        q_cos, q_sin = cos[query_pos].unsqueeze(1), sin[query_pos].unsqueeze(1)
+    q = q * q_cos.to(q.dtype) + _rotate_half(q) * q_sin.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
+
+
 def _layer(layer, x: torch.Tensor, key_mask: torch.Tensor | None, query_pos: torch.Tensor | None) -> torch.Tensor:
     """One pre-LN transformer layer on (B, T, E); outputs only rows ``query_pos`` when given."""
     attn = layer.self_attn
@@ -55,14 +68,7 @@ def _layer(layer, x: torch.Tensor, key_mask: torch.Tensor | None, query_pos: tor
     q = attn.q_proj(h_query).view(batch, -1, heads, head_dim).transpose(1, 2)
     k = attn.k_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
     v = attn.v_proj(h).view(batch, length, heads, head_dim).transpose(1, 2)
-    cos, sin = _ROTARY.get(attn.rot_emb.inv_freq, length)
-    k = k * cos.to(k.dtype) + _rotate_half(k) * sin.to(k.dtype)
-    if query_pos is None:
-        q_cos, q_sin = cos, sin
-    else:
-        q_cos, q_sin = cos[query_pos].unsqueeze(1), sin[query_pos].unsqueeze(1)
-    q = q * q_cos.to(q.dtype) + _rotate_half(q) * q_sin.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scaling)
+    out = rotary_attention(q, k, v, _ROTARY.get(attn.rot_emb.inv_freq, length), query_pos, key_mask, attn.scaling)
     out = attn.out_proj(out.transpose(1, 2).reshape(batch, -1, embed))
     residual = x if query_pos is None else _gather_rows(x, query_pos)
     x = residual + out

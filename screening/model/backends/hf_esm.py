@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from plmscreen.screening.model.backends.base import Backend
 from plmscreen.screening.model.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from plmscreen.screening.model.forward import RotaryTables, _gather_rows, _rotate_half
+from plmscreen.screening.model.forward import RotaryTables, _gather_rows, rotary_attention
 from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES, CheckpointIdentity, ModelLoadError, resolve_device
 
 _ROTARY = RotaryTables()
@@ -119,14 +119,7 @@ def _layer(layer, x: torch.Tensor, key_mask, query_pos, inv_freq) -> torch.Tenso
     q = sa.query(h_query).view(batch, -1, heads, head_dim).transpose(1, 2)
     k = sa.key(h).view(batch, length, heads, head_dim).transpose(1, 2)
     v = sa.value(h).view(batch, length, heads, head_dim).transpose(1, 2)
-    cos, sin = _ROTARY.get(inv_freq, length)
-    k = k * cos.to(k.dtype) + _rotate_half(k) * sin.to(k.dtype)
-    if query_pos is None:
-        q_cos, q_sin = cos, sin
-    else:
-        q_cos, q_sin = cos[query_pos].unsqueeze(1), sin[query_pos].unsqueeze(1)
-    q = q * q_cos.to(q.dtype) + _rotate_half(q) * q_sin.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=head_dim**-0.5)
+    out = rotary_attention(q, k, v, _ROTARY.get(inv_freq, length), query_pos, key_mask, head_dim**-0.5)
     out = attn.output.dense(out.transpose(1, 2).reshape(batch, -1, embed))
     residual = x if query_pos is None else _gather_rows(x, query_pos)
     x = residual + out
