@@ -124,12 +124,12 @@ def main() -> None:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from plmscreen.cli.main import _prefect_api
+    from plmscreen.flows.orchestration import prefect_api
 
     results = []
     work = Path(tempfile.mkdtemp(prefix="plmscreen-scaling-"))
     try:
-        with _prefect_api():
+        with prefect_api():
             for workers in args.workers:
                 results.append(run_once(args, workers, work / f"store-{workers}"))
                 print(json.dumps(results[-1]), flush=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_esm2_checkpoint
-from plmscreen.screening import model as model_module
+from plmscreen.screening.model import checkpoints as model_module
 from plmscreen.screening.model.checkpoints import ModelLoadError
 from plmscreen.screening.run.plan import prepare_run
 from plmscreen.screening.run.settings import ScreenSettings
