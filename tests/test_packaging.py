@@ -32,7 +32,18 @@ def test_every_folder_is_a_listed_subpackage_of_plmscreen():
 
 
 def test_the_wheel_installs_only_plmscreen_with_its_data(tmp_path):
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(REPO)],
+    # Built from a copy of the checkout's files: setuptools builds in place (build/), and a stale
+    # build/ from an older tree could put modules into the wheel that the source no longer has.
+    import shutil
+
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    source = tmp_path / "src"
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("plmscreen-*.whl")
