@@ -68,6 +68,14 @@ def source_for_part(store: Path, model_name: str, run_id: str, part: str, seq_id
     return ReuseSource(run_id, seq_id, *paths, diagnostics=diagnostics)
 
 
+def _part_paths(sequences_file: str) -> tuple[str, str, str]:
+    """The residues, sequences and repeats files of the shard whose sequences file this is (the
+    store's own layout: STORE/<table>/model=<m>/run=<r>/part-NNNNN.parquet)."""
+    path = Path(sequences_file)
+    root, partition = path.parents[3], path.relative_to(path.parents[2])
+    return tuple(str(root / table / partition) for table in ("residues", "sequences", "repeats"))
+
+
 def _file_key(meta: Mapping) -> tuple | None:
     """(checkpoint, plmscreen version, reuse key, diagnostics) of a file's plmscreen metadata."""
     try:
@@ -102,7 +110,7 @@ def find_sources(store: str | Path, checkpoint_sha256: str, settings: ScreenSett
                 {"files": [str(f) for f in files], "key": METADATA_KEY.decode()}).fetchall()
         except duckdb.Error:
             return {}  # a damaged file: queries report it; reuse simply finds nothing
-        usable: dict[str, tuple[str, bool, str, str]] = {}  # file -> (run, diagnostics, created, model)
+        usable: dict[str, tuple[str, bool, str]] = {}  # file -> (run, diagnostics, created)
         for name, value in footers:
             try:
                 meta = json.loads(value)
@@ -113,10 +121,8 @@ def find_sources(store: str | Path, checkpoint_sha256: str, settings: ScreenSett
             found = _file_key(meta)
             if found is None or found[0] != key:
                 continue
-            path = Path(name)
-            siblings = [run_dir(store, t, meta["model_name"], meta["run_id"]) / path.name for t in ("residues", "repeats")]
-            if all(p.is_file() for p in siblings):
-                usable[name] = (meta["run_id"], found[1], str(meta.get("created_utc", "")), meta["model_name"])
+            if all(Path(p).is_file() for p in _part_paths(name)[::2]):
+                usable[name] = (meta["run_id"], found[1], str(meta.get("created_utc", "")))
         if not usable:
             return {}
         con.register("wanted", pa.table({"sha": wanted}))
@@ -127,10 +133,11 @@ def find_sources(store: str | Path, checkpoint_sha256: str, settings: ScreenSett
         con.close()
     best: dict[str, tuple] = {}
     for name, seq_id, sha in rows:
-        run, diagnostics, created, model_name = usable[name]
+        run, diagnostics, created = usable[name]
         rank = (diagnostics, created, run, seq_id)
         if sha not in best or rank > best[sha][0]:
-            best[sha] = (rank, source_for_part(store, model_name, run, Path(name).name, seq_id, diagnostics))
+            residues, sequences, repeats = _part_paths(name)
+            best[sha] = (rank, ReuseSource(run, seq_id, residues, sequences, repeats, diagnostics))
     return {sha: source for sha, (_, source) in best.items()}
 
 
