@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from plmscreen.cli.errors import fail
 from plmscreen.screening.errors import EXIT_BAD_INPUT, EXIT_SHARDS_FAILED, InputError, PlmscreenError
-from plmscreen.screening.render.table import flagged_text
+from plmscreen.screening.render.table import flagged_text, reuse_line
 from plmscreen.screening.run.settings import ScreenSettings
 
 _DEFAULTS = ScreenSettings()
@@ -27,6 +27,7 @@ def _print_summary(summary: dict) -> None:
         f"in {summary['seconds']:.1f} s ({rate:.0f} residues/s{resumed}); {summary['n_rejected']} rejected; "
         f"{len(summary['flagged'])} flagged."
     )
+    typer.echo(f"Sequences: {reuse_line(summary)}")
     typer.echo(f"Run {summary['run_id']}: {summary['store']}/{{residues,sequences,repeats}}/model=*/run={summary['run_id']}/")
     if summary["rejects_file"]:
         typer.echo(f"Rejected records: {summary['rejects_file']}")
@@ -104,6 +105,7 @@ def screen(
     shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most plmscreen.screening.run.settings.MAX_SHARD_TOKENS.")] = None,
     mode: Annotated[Optional[str], typer.Option(help=f"exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl) (default: {_DEFAULTS.mode}).")] = None,
     diagnostics: Annotated[Optional[bool], typer.Option("--diagnostics/--no-diagnostics", help="Copy-following index and null-corrected inflation for flagged sequences (default: on).")] = None,
+    reuse: Annotated[Optional[bool], typer.Option("--reuse/--no-reuse", help="Copy the rows of sequences already scored in the store with the same checkpoint and scoring parameters, and score identical sequences once (default: on). --no-reuse scores every record; with --overwrite it recomputes a finished run.")] = None,
     settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON file of screen settings (ScreenSettings.to_dict(); omitted fields keep their defaults). Options given on the command line win.")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Set any parameter, e.g. --set repeats.min_identity=0.3 --set flag.min_inflation_factor=1.1 (groups: scoring, repeats, flag).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask worker processes (default: one per core, fewer if memory cannot hold that many models or the input makes fewer shards; spare cores become torch threads).")] = None,
@@ -129,7 +131,7 @@ def screen(
             "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
             "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
             "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
-            "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics,
+            "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
         })
         if in_process:
             return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)

@@ -18,7 +18,7 @@ from distributed.client import FutureCancelledError
 from plmscreen.flows.clusters import restore_malloc_thresholds, task_runner
 from plmscreen.flows.resources import auto_shard_tokens
 from plmscreen.screening.errors import ClusterError, StoreError
-from plmscreen.screening.render.table import flagged_markdown
+from plmscreen.screening.render.table import flagged_markdown, reuse_line
 from plmscreen.screening.run.lifecycle import ScreenSummary, ShardManifest, finalize_run, process_shard
 from plmscreen.screening.run.plan import RunPlan, prepare_run
 from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE, ScreenSettings
@@ -56,7 +56,8 @@ def score_shard_task(plan: RunPlan, shard: int, torch_threads: int | None = None
     first, last = plan.shards[shard]
     get_run_logger().info("shard %d: records %d..%d (%d sequences)", shard, first, last, last - first + 1)
     with plan.open_catalog() as catalog:
-        return process_shard(worker_scorer(plan, torch_threads), plan, shard, catalog)
+        # The model is loaded only if the shard has something to score (not all copied from the store).
+        return process_shard(functools.partial(worker_scorer, plan, torch_threads), plan, shard, catalog)
 
 
 def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
@@ -68,6 +69,8 @@ def _flagged_markdown(summary: ScreenSummary, report_hint: str) -> str:
         "",
         f"Scored in this flow run: {summary.n_shards - summary.n_shards_skipped - len(summary.failed_shards)} shards; "
         f"taken as finished from the catalog: {summary.n_shards_skipped} shards.",
+        "",
+        reuse_line(summary.as_dict()),
         "",
         flagged_markdown(summary.flagged),
     ]

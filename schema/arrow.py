@@ -8,7 +8,8 @@ import pyarrow as pa
 
 # 2: triage mode (logp_masked and pll/pppl may be null), per-residue diagnostics for flagged
 #    sequences (logp_random_comask, net_inflation, copy_following, planted_residue), sequences.mode.
-SCHEMA_VERSION = 2
+# 3: sequences.reused_from_run (incremental rescreens: rows copied from the run that scored them).
+SCHEMA_VERSION = 3
 METADATA_KEY = b"plmscreen"
 
 RESIDUES_SCHEMA = pa.schema(
@@ -51,6 +52,10 @@ SEQUENCES_SCHEMA = pa.schema(
         pa.field("mode", pa.string(), nullable=False),  # "exact", or "triage" (masked scoring skipped)
         pa.field("mean_net_inflation", pa.float64()),  # diagnostics of flagged sequences; else null
         pa.field("mean_copy_following", pa.float64()),
+        # The run whose scores this sequence's rows (residues, repeats, this row) copy: an earlier
+        # run of the store, or this run for a repeated copy of a sequence it scored under another
+        # id; null where this run scored the sequence for this record (screening/run/reuse.py).
+        pa.field("reused_from_run", pa.string()),
     ]
 )
 

@@ -49,8 +49,8 @@ def n_shards(fasta) -> int:
 def reference(fasta, tiny_checkpoint, tmp_path_factory):
     """An uninterrupted in-process screen: the numbers every faulty run must reproduce."""
     store = tmp_path_factory.mktemp("reference")
-    run_screen(fasta, store, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS))
-    return read_store(store)
+    run_id = run_screen(fasta, store, ScreenSettings(model=str(tiny_checkpoint), device="cpu", shard_tokens=SHARD_TOKENS)).run_id
+    return {**read_store(store), "store": store, "run_id": run_id}
 
 
 def read_store(store: Path) -> dict[str, dict]:
@@ -333,3 +333,33 @@ def test_gpu_deployment_runs_one_worker_per_visible_gpu(fasta, n_shards, referen
         holders = {s.worker for s in catalog.shards(summary["run_id"])}
     assert len(holders) == 2, f"shards ran on {holders}: one worker per simulated GPU expected"
     assert_same_screen(store, reference, fasta)
+
+
+def test_a_flow_rescreen_with_another_flag_rule_copies_every_sequence(fasta, reference, tiny_checkpoint, tmp_path):
+    """Through Prefect and Dask, a rescreen that only changes the flag rule scores nothing: every
+    row is copied from the earlier run in the store, and the flags follow the new rule."""
+    import shutil
+
+    from plmscreen.screening.score.metrics import FlagRule
+
+    store = tmp_path / "store"
+    shutil.copytree(reference["store"], store)
+    proc = start_screen(fasta, store, tiny_checkpoint, tmp_path, "--workers", "1", "--min-inflation-factor", "1.01")
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 0, output[-4000:]
+    assert f"Sequences: 0 scored, {N_PROTEINS} reused from earlier runs, 0 copied" in output, output[-2000:]
+    rule = FlagRule(min_inflation_factor=1.01)
+    ref = {r["seq_id"]: r for r in reference["sequences"]}
+    runs = {p.name for p in store.glob("sequences/model=*/run=*")}
+    assert len(runs) == 2
+    new_run = next(iter(runs - {f"run={reference['run_id']}"}))
+    rows = [row for p in sorted(store.glob(f"sequences/model=*/{new_run}/part-*.parquet")) for row in pq.read_table(p).to_pylist()]
+    assert sorted(r["seq_id"] for r in rows) == sorted(ref)
+    for row in rows:
+        want = ref[row["seq_id"]]
+        assert row["pppl"] == want["pppl"] and row["inflation_factor"] == want["inflation_factor"]
+        assert row["flagged"] == rule.flags(want["inflation_factor"], want["repeat_fraction"])
+        assert row["reused_from_run"] == reference["run_id"]

@@ -101,6 +101,7 @@ def test_screen_run_tasks_and_artifacts_are_in_the_server(screened):
     assert flagged["type"] == "markdown" and f"plmscreen run `{run_id}`" in flagged["data"]
     assert "plmscreen report" in flagged["data"]
     assert f"Scored in this flow run: {n_shards} shards; taken as finished from the catalog: 0 shards." in flagged["data"]
+    assert "4 scored, 0 reused from earlier runs, 0 copied from identical sequences of this input." in flagged["data"]
     changes = artifacts[f"changes-{run_id}"]
     assert changes["type"] == "markdown" and "No earlier run of this screen" in changes["data"]
     logs = api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flows[0]["id"]]}}})

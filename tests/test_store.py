@@ -389,7 +389,7 @@ def _rewrite_metadata(path: Path, version: int | None) -> None:
 
 
 @pytest.mark.parametrize("version,message", [
-    (3, "has Parquet schema version 3, newer than this plmscreen"),
+    (SCHEMA_VERSION + 1, f"has Parquet schema version {SCHEMA_VERSION + 1}, newer than this plmscreen"),
     (0, "has Parquet schema version 0, older than this plmscreen"),
     (None, "has no plmscreen metadata: not written by plmscreen"),
 ])
@@ -424,6 +424,20 @@ def test_version_1_files_query_alongside_version_2(shared, tmp_path):
     rows = [(r["seq_id"], r["mode"]) for r in rows]
     assert {seq for seq, mode in rows if mode is None} == ids
     assert all(mode == "exact" for seq, mode in rows if seq not in ids)
+
+
+def test_version_2_files_query_alongside_version_3(shared, tmp_path):
+    """Stores written before incremental rescreens still read: reused_from_run is null there."""
+    store = copy_store(shared, tmp_path / "store")
+    old = sorted(store.glob("sequences/model=*/run=*/part-*.parquet"))[0]
+    table = pq.read_table(old)
+    v2 = table.drop_columns(["reused_from_run"])
+    meta = dict(table.schema.metadata)
+    meta[METADATA_KEY] = json.dumps({**json.loads(meta[METADATA_KEY]), "schema_version": 2}).encode()
+    pq.write_table(v2.replace_schema_metadata(meta), old)
+    assert st.check_schema_versions(store) == {2: 1, SCHEMA_VERSION: len(st.data_files(store)) - 1}
+    rows = st.query(store, "SELECT seq_id, reused_from_run FROM sequences").to_pylist()
+    assert len(rows) == len(parquet_rows(store, "sequences")) and {r["reused_from_run"] for r in rows} == {None}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,5 +6,5 @@ SELECT * FROM (
            NULL::VARCHAR AS input_sha256, NULL::TIMESTAMPTZ AS created_utc, NULL::BIGINT AS n_scored,
            NULL::BIGINT AS n_rejected, NULL::BIGINT AS n_shards, NULL::JSON AS failed_shards,
            NULL::VARCHAR AS checkpoint_path, NULL::JSON AS parameters, NULL::VARCHAR AS deployment,
-           NULL::JSON AS model_info
+           NULL::BIGINT AS n_reused, NULL::BIGINT AS n_duplicates, NULL::JSON AS model_info
 ) WHERE false;

@@ -67,3 +67,13 @@ def flagged_html_columns() -> list[tuple[str, str]]:
     return [(c.key, c.title) for c in FLAGGED_COLUMNS] + [
         ("mean_net_inflation", "net inflation (nats)"), ("n_repeat_regions", "regions"),
         ("regions", "repeat regions (start-end~partner, identity, mean inflation)")]
+
+
+def reuse_line(summary: dict) -> str:
+    """How a run's sequences got their scores (the CLI summary and the flow's artifact): scored by
+    the model, copied from earlier runs, copied within the input (screening/run/reuse.py)."""
+    text = (f"{summary['n_model_scored']} scored, {summary['n_reused']} reused from earlier runs, "
+            f"{summary['n_duplicates']} copied from identical sequences of this input")
+    if summary.get("n_rediagnosed"):
+        text += f" ({summary['n_rediagnosed']} reused and newly flagged: diagnostics computed)"
+    return text + "."

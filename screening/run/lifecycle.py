@@ -23,6 +23,7 @@ from plmscreen.screening.model.checkpoints import (
 from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.claims import claim_lease_seconds, claim_or_wait, lease_heartbeat
 from plmscreen.screening.run.plan import RunPlan, prepare_run
+from plmscreen.screening.run.reuse import load_stored
 from plmscreen.screening.run.settings import ScreenSettings
 from plmscreen.screening.run.tables import score_shard, write_shard
 from plmscreen.screening.score.scorer import Scorer
@@ -45,6 +46,16 @@ class ScreenSummary:
     n_shards: int = 0
     n_shards_skipped: int = 0  # already done in the catalog (resumed run)
     failed_shards: list[int] = field(default_factory=list)
+    # Of the n_scored sequences written: copied from an earlier run, and copied from another
+    # record of this run with the same residues (sequences.reused_from_run); the rest were scored.
+    n_reused: int = 0
+    n_duplicates: int = 0
+    n_rediagnosed: int = 0  # copied, flagged by this run's rule, diagnostics computed (this invocation)
+
+    @property
+    def n_model_scored(self) -> int:
+        """Sequences of the run that the model scored for their own record."""
+        return self.n_scored - self.n_reused - self.n_duplicates
 
     def as_dict(self) -> dict:
         """Plain values only: what a flow returns and the CLI prints."""
@@ -58,6 +69,10 @@ class ScreenSummary:
             "n_shards": self.n_shards,
             "n_shards_skipped": self.n_shards_skipped,
             "failed_shards": list(self.failed_shards),
+            "n_model_scored": self.n_model_scored,
+            "n_reused": self.n_reused,
+            "n_duplicates": self.n_duplicates,
+            "n_rediagnosed": self.n_rediagnosed,
             "flagged": self.flagged,
             "rejects_file": str(self.rejects_file) if self.rejects_file else None,
             "seconds": self.seconds,
@@ -75,17 +90,23 @@ class ShardManifest:
     files: tuple[str, ...]
     seconds: float
     skipped: bool  # already done in the catalog
+    n_scored: int = 0  # records scored here; the others were copied (ShardCounts)
+    n_reused: int = 0
+    n_duplicates: int = 0
+    n_rediagnosed: int = 0
 
 
 def process_shard(
-    scorer: Scorer,
+    scorer: Scorer | Callable[[], Scorer],
     plan: RunPlan,
     shard: int,
     catalog: Catalog,
     on_sequence_done: Callable[[ProteinRecord], None] | None = None,
 ) -> ShardManifest:
     """Score one shard and write its files, unless it is done (or gets done by the holder of its
-    claim while this waits: see ``claim_or_wait``)."""
+    claim while this waits: see ``claim_or_wait``). Rows already in the store are copied instead
+    of scored (``settings.reuse``, screening/run/reuse.py); ``scorer`` may be a function that
+    loads the model, called only if something is left to score."""
     records = plan.shard_records(shard)
     n_residues = sum(len(r.sequence) for r in records)
     lease = claim_lease_seconds()
@@ -95,8 +116,10 @@ def process_shard(
     started = time.perf_counter()
     try:
         with lease_heartbeat(catalog, plan.run_id, shard, lease):
+            stored = load_stored(plan.reuse_sources_for(shard, catalog)) if plan.settings.reuse else {}
             tables = score_shard(scorer, records, plan.settings.repeats, plan.settings.flag, on_sequence_done,
-                                 mode=plan.settings.mode, diagnostics=plan.settings.diagnostics)
+                                 mode=plan.settings.mode, diagnostics=plan.settings.diagnostics,
+                                 reuse=plan.settings.reuse, stored=stored, run_id=plan.run_id)
             files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
     except Exception as exc:
         catalog.mark_shard_failed(plan.run_id, shard, f"{type(exc).__name__}: {exc}")
@@ -104,7 +127,9 @@ def process_shard(
     seconds = time.perf_counter() - started
     catalog.mark_shard_done(plan.run_id, shard, [str(f) for f in files], seconds)
     n_flagged = sum(tables.sequences.column("flagged").to_pylist())
-    return ShardManifest(shard, len(records), n_residues, n_flagged, tuple(str(f) for f in files), seconds, False)
+    counts = tables.counts
+    return ShardManifest(shard, len(records), n_residues, n_flagged, tuple(str(f) for f in files), seconds, False,
+                         counts.scored, counts.reused, counts.duplicates, counts.rediagnosed)
 
 
 def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequence[int], seconds: float, model: dict) -> ScreenSummary:
@@ -114,9 +139,12 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     with plan.open_catalog() as catalog:
         catalog.finish_run(plan.run_id, "failed" if failed else "done")
     flagged: list[dict] = []
+    origins: list[str | None] = []
     files = run_parts(plan.store, "sequences", plan.model_name, plan.run_id)
     for path in files:
-        flagged += [row for row in pq.read_table(path).to_pylist() if row["flagged"]]
+        rows = pq.read_table(path).to_pylist()
+        flagged += [row for row in rows if row["flagged"]]
+        origins += [row.get("reused_from_run") for row in rows]
     summary = ScreenSummary(
         out_dir=plan.store,
         run_id=plan.run_id,
@@ -132,9 +160,13 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
         n_shards=len(plan.shards),
         n_shards_skipped=sum(m.skipped for m in manifests),
         failed_shards=list(failed),
+        n_reused=sum(o is not None and o != plan.run_id for o in origins),
+        n_duplicates=sum(o == plan.run_id for o in origins),
+        n_rediagnosed=sum(m.n_rediagnosed for m in manifests),
     )
     run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
-                "n_shards": summary.n_shards, "failed_shards": summary.failed_shards}
+                "n_shards": summary.n_shards, "failed_shards": summary.failed_shards,
+                "n_reused": summary.n_reused, "n_duplicates": summary.n_duplicates}
     run_json_path(plan.store, plan.run_id).write_text(json.dumps(run_json, indent=2))
     # Users may open STORE/plmscreen.duckdb directly; plmscreen's own commands refresh it anyway.
     from plmscreen.screening.errors import StoreError
@@ -161,14 +193,23 @@ def run_screen(
     """Screen a FASTA file into the store ``out_dir`` in this process; a rerun resumes the same run."""
     started = time.perf_counter()
     plan = prepare_run(input_path, out_dir, settings, skip_invalid, overwrite, catalog_url)
+    scorers: list[Scorer] = []
+
+    def scorer() -> Scorer:
+        """The model, loaded the first time a shard has something to score (a rescreen that copies
+        every sequence never loads it)."""
+        nonlocal loaded
+        if not scorers:
+            if loaded is None:
+                loaded = load_model(settings.model, settings.weights_dir, settings.device,
+                                    expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
+            scorers.append(Scorer(loaded, settings.scoring))
+        return scorers[0]
+
     with plan.open_catalog() as catalog:
         pending = {s.index for s in catalog.unfinished_shards(plan.run_id)}
-        if pending and loaded is None:
-            loaded = load_model(settings.model, settings.weights_dir, settings.device,
-                                expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
-        model = loaded.describe() if loaded is not None else {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256}
         if on_start is not None:
             on_start([r for i in sorted(pending) for r in plan.shard_records(i)])
-        scorer = Scorer(loaded, settings.scoring) if loaded is not None else None
         manifests = [process_shard(scorer, plan, shard, catalog, on_sequence_done) for shard in plan.shards]
+    model = loaded.describe() if loaded is not None else {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256}
     return finalize_run(plan, manifests, [], time.perf_counter() - started, model)

@@ -24,8 +24,9 @@ from plmscreen.screening.model.checkpoints import (
     resolve_checkpoint,
 )
 from plmscreen.screening.run.catalog import Catalog
+from plmscreen.screening.run.reuse import ReuseSource, find_sources, source_for_part
 from plmscreen.screening.run.settings import MAX_SHARD_TOKENS, ScreenSettings
-from plmscreen.screening.store.layout import run_info_dir
+from plmscreen.screening.store.layout import part_file, run_info_dir
 
 
 def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
@@ -77,6 +78,11 @@ class RunPlan:
     rejects_file: Path | None = None
     records_offset: int = 0  # index of records[0] in the input (non-zero in a one-shard slice)
     checkpoint_identity: CheckpointIdentity | None = None  # the file version that was hashed
+    # Sequences (by sha256) already scored in earlier runs of the store under this screen's reuse
+    # key, and where (screening/run/reuse.py); empty with settings.reuse off.
+    reuse_sources: dict[str, ReuseSource] = dataclasses.field(default_factory=dict)
+    # Sequences that occur in more than one shard: the shard and id of their first record.
+    first_copies: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
     def shard_records(self, index: int) -> list[ProteinRecord]:
         first, last = self.shards[index]
@@ -85,11 +91,48 @@ class RunPlan:
     def for_shard(self, index: int) -> RunPlan:
         """The plan cut down to one shard's records: what a worker task needs, nothing more."""
         first, _ = self.shards[index]
-        return dataclasses.replace(self, records=self.shard_records(index), rejects=[],
-                                   shards={index: self.shards[index]}, records_offset=first)
+        records = self.shard_records(index)
+        shas = {r.sha256 for r in records}
+        return dataclasses.replace(self, records=records, rejects=[], shards={index: self.shards[index]},
+                                   records_offset=first,
+                                   reuse_sources={h: s for h, s in self.reuse_sources.items() if h in shas},
+                                   first_copies={h: c for h, c in self.first_copies.items() if h in shas and c[0] < index})
+
+    def reuse_sources_for(self, index: int, catalog: Catalog) -> dict[str, ReuseSource]:
+        """Where shard ``index`` finds rows to copy: earlier runs, then the done shard of this run
+        that holds a sequence's first copy."""
+        if not self.settings.reuse:
+            return {}
+        shas = {r.sha256 for r in self.shard_records(index)}
+        sources = {h: s for h, s in self.reuse_sources.items() if h in shas}
+        done: dict[int, bool] = {}
+        for sha in sorted(shas - set(sources)):
+            if sha not in self.first_copies or self.first_copies[sha][0] >= index:
+                continue
+            shard, seq_id = self.first_copies[sha]
+            if shard not in done:
+                done[shard] = catalog.shard(self.run_id, shard).status == "done"
+            if done[shard]:
+                sources[sha] = source_for_part(self.store, self.model_name, self.run_id, part_file(self.store, "sequences", self.model_name, self.run_id, shard).name,
+                                               seq_id, self.settings.diagnostics)
+        return sources
 
     def open_catalog(self) -> Catalog:
         return Catalog.open(self.catalog_url, self.store)
+
+def first_copies(records: Sequence[ProteinRecord], shards: dict[int, tuple[int, int]]) -> dict[str, tuple[int, str]]:
+    """For each sequence found in more than one shard: the shard and id of its first record."""
+    first: dict[str, tuple[int, str]] = {}
+    spread: set[str] = set()
+    for index, (lo, hi) in sorted(shards.items()):
+        for record in records[lo : hi + 1]:
+            sha = record.sha256
+            if sha not in first:
+                first[sha] = (index, record.seq_id)
+            elif first[sha][0] != index:
+                spread.add(sha)
+    return {sha: first[sha] for sha in spread}
+
 
 def register_shards(catalog: Catalog, run_id: str, records: Sequence[ProteinRecord],
                     planned: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
@@ -170,6 +213,10 @@ def prepare_run(
                              checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
                              plmscreen_version=screening.__version__, store_path=store)
         plan.shards = register_shards(catalog, run_id, contents.records, plan.shards)
+    if settings.reuse:
+        plan.reuse_sources = find_sources(store, checkpoint_sha256, settings, {r.sha256 for r in contents.records},
+                                          exclude_run=run_id)
+        plan.first_copies = first_copies(contents.records, plan.shards)
         # Claims left "running" stay: their holder may be alive (another flow of this run). A dead
         # holder's claim is taken over by the shard's task (claim_or_wait).
     return plan

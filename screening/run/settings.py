@@ -55,6 +55,11 @@ class ScreenSettings:
     shard_tokens: int | None = None
     mode: str = "exact"  # "triage": masked/ablated scoring only where it can change the flag
     diagnostics: bool = True  # copy-following and null co-mask columns for flagged sequences
+    # Copy the rows of sequences already scored under the same reuse_key() (an earlier run in the
+    # store, or another record of this input with the same residues) instead of scoring them again
+    # (screening/run/reuse.py). Not part of the run's identity: the rows hold the same numbers
+    # either way, so --no-reuse names the same run (add --overwrite to recompute a finished one).
+    reuse: bool = True
 
     def __post_init__(self):
         # Nested groups may arrive as JSON objects (deployments, the Prefect UI, --settings FILE).
@@ -85,6 +90,19 @@ class ScreenSettings:
             "mode": self.mode,
             "diagnostics": self.diagnostics,
         }
+
+    def reuse_key(self) -> dict:
+        """What stored scores must have been computed with to be copied into this screen (with the
+        same checkpoint sha256 and plmscreen version, see screening/run/reuse.py): the identity
+        without the flag rule and the diagnostics switch. The rule only decides ``flagged``, which
+        is recomputed from the copied numbers; diagnostics are copied, computed or left null per
+        sequence. Triage masks only sequences whose repeat fraction reaches the rule's
+        ``min_repeat_fraction``, so in triage mode that threshold changes the numbers: it is kept."""
+        key = self.identity()
+        del key["flag"], key["diagnostics"]
+        if self.mode == "triage":
+            key["triage_min_repeat_fraction"] = self.flag.min_repeat_fraction
+        return key
 
     def parameters(self) -> dict:
         """The parameters recorded with a run (the model is recorded by name and checkpoint sha256)."""

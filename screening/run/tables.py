@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from plmscreen.schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
 from plmscreen.screening.input import ProteinRecord
+from plmscreen.screening.run.reuse import StoredSequence
 from plmscreen.screening.score.diagnostics import ResidueDiagnostics, residue_diagnostics
 from plmscreen.screening.score.metrics import FlagRule, could_flag, summarize
 from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_details
@@ -24,15 +25,23 @@ class ShardTables:
     residues: pa.Table
     sequences: pa.Table
     repeats: pa.Table
+    counts: ShardCounts | None = None
 
 def _nullable(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in values]
 
 
-def _residue_columns(record: ProteinRecord, scores: SequenceScores, details, diag: ResidueDiagnostics | None) -> dict:
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+DIAGNOSTIC_COLUMNS = ("logp_random_comask", "net_inflation", "copy_following", "planted_residue")
+
+
+def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> dict:
+    """A scored sequence's residue columns, diagnostics left out (``_diagnostic_columns``)."""
     length = len(record.sequence)
     inflation = scores.logp_masked - scores.logp_ablated  # NaN without partners or where unscored
-    none = [None] * length
     return {
         "seq_id": [record.seq_id] * length,
         "pos": list(range(1, length + 1)),
@@ -45,11 +54,18 @@ def _residue_columns(record: ProteinRecord, scores: SequenceScores, details, dia
         "inflation": _nullable(inflation),
         "partner_region": [[r for _, r, _ in d] for d in details],
         "partner_identity": [[ident for _, _, ident in d] for d in details],
-        "logp_random_comask": none if diag is None else _nullable(diag.logp_random_comask),
-        "net_inflation": none if diag is None else _nullable(diag.logp_random_comask - scores.logp_ablated),
-        "copy_following": none if diag is None else _nullable(diag.copy_following),
-        "planted_residue": none if diag is None else list(diag.substitute),
     }
+
+
+def _diagnostic_columns(diag: ResidueDiagnostics | None, logp_ablated: np.ndarray) -> tuple[dict, dict]:
+    """The diagnostics' residue columns and sequence means (all null without diagnostics)."""
+    if diag is None:
+        return {name: [None] * len(logp_ablated) for name in DIAGNOSTIC_COLUMNS}, \
+            {"mean_net_inflation": None, "mean_copy_following": None}
+    net = diag.logp_random_comask - logp_ablated
+    return ({"logp_random_comask": _nullable(diag.logp_random_comask), "net_inflation": _nullable(net),
+             "copy_following": _nullable(diag.copy_following), "planted_residue": list(diag.substitute)},
+            {"mean_net_inflation": _mean_or_none(net), "mean_copy_following": _mean_or_none(diag.copy_following)})
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
@@ -57,8 +73,31 @@ def _mean_or_none(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+@dataclass
+class _SequenceResult:
+    """One distinct sequence's rows, scored here or copied, before they are written per record."""
+
+    residues: dict  # residue columns (RESIDUES_SCHEMA names)
+    row: dict  # its sequences row
+    repeats: list[dict]  # its repeat region pairs
+    partners: list[tuple[int, ...]]  # 0-based partner map (for diagnostics)
+    flagged: bool  # under this run's rule
+    has_diagnostics: bool  # the residue columns already hold its diagnostics
+    origin: str | None  # the run that scored it; None: this shard
+
+
+@dataclass
+class ShardCounts:
+    """How a shard's records got their rows (sequences.reused_from_run says it per row)."""
+
+    scored: int = 0  # records scored here (each distinct sequence once)
+    reused: int = 0  # records copied from an earlier run
+    duplicates: int = 0  # records copied from another record of this run with the same residues
+    rediagnosed: int = 0  # copied sequences this run's rule flags whose diagnostics were computed here
+
+
 def score_shard(
-    scorer: Scorer,
+    scorer: Scorer | Callable[[], Scorer],
     records: Sequence[ProteinRecord],
     repeat_params: RepeatParams,
     flag_rule: FlagRule,
@@ -66,52 +105,100 @@ def score_shard(
     *,
     mode: str = "exact",
     diagnostics: bool = False,
+    reuse: bool = False,
+    stored: Mapping[str, StoredSequence] | None = None,
+    run_id: str | None = None,
 ) -> ShardTables:
-    """Detect repeats, score and summarise ``records``; pure computation, no files.
+    """Detect repeats, score and summarise ``records``; no files written.
 
     ``mode="triage"`` masks only the partnered residues of sequences whose repeat fraction lets
     the flag rule fire (the verdict depends on nothing else); ``diagnostics`` adds the
-    copy-following and null co-mask columns for flagged sequences."""
-    regions = [find_repeats(r.sequence, repeat_params) for r in records]
-    details = [partner_details(len(r.sequence), reg) for r, reg in zip(records, regions)]
+    copy-following and null co-mask columns for flagged sequences. With ``reuse``, records with
+    the same residues are scored once, and ``stored`` rows (by sequence sha256, from
+    ``reuse.load_stored``) are copied instead of scored; ``run_id`` names this run in the
+    provenance column. ``scorer`` may be a function that returns one: it is called only when
+    something needs the model."""
+    stored = stored or {}
+    # The record whose result each record takes: the first with the same residues (with reuse).
+    first_of: dict = {}
+    owner = [first_of.setdefault(r.sha256 if reuse else k, k) for k, r in enumerate(records)]
+    distinct = list(first_of.values())
+    copied = {k: stored[records[k].sha256] for k in distinct if reuse and records[k].sha256 in stored}
+    fresh = [k for k in distinct if k not in copied]
+    followers: dict[int, list[int]] = {}
+    for k, o in enumerate(owner):
+        followers.setdefault(o, []).append(k)
+    model: list[Scorer] = []
+
+    def get_scorer() -> Scorer:
+        if not model:
+            model.append(scorer if isinstance(scorer, Scorer) else scorer())
+        return model[0]
+
+    results: dict[int, _SequenceResult] = {}
+    for k, source in copied.items():
+        row = source.row
+        residues = source.residues.to_pydict()
+        results[k] = _SequenceResult(
+            residues, dict(row), source.repeats.to_pylist(), [tuple(p - 1 for p in ps) for ps in residues["partner_pos"]],
+            row["inflation_factor"] is not None and flag_rule.flags(row["inflation_factor"], row["repeat_fraction"]),
+            source.has_diagnostics, source.origin)
+        if on_sequence_done is not None:
+            for f in followers[k]:
+                on_sequence_done(records[f])
+
+    fresh_records = [records[k] for k in fresh]
+    regions = [find_repeats(r.sequence, repeat_params) for r in fresh_records]
+    details = [partner_details(len(r.sequence), reg) for r, reg in zip(fresh_records, regions)]
     partners0 = [[tuple(p - 1 for p, _, _ in d) for d in det] for det in details]
     partnered = [np.array([bool(p) for p in ps], dtype=bool) for ps in partners0]
     positions = None
     if mode == "triage":
         positions = [np.flatnonzero(m).tolist() if could_flag(float(m.mean()), flag_rule) else [] for m in partnered]
-    callback = None if on_sequence_done is None else (lambda s, _scores: on_sequence_done(records[s]))
-    scores = scorer.score([r.sequence for r in records], partners0, callback, positions)
-    summaries = [summarize(sc.logp_masked, sc.logp_unmasked, sc.logp_ablated, flag_rule, m)
-                 for sc, m in zip(scores, partnered)]
+    callback = None if on_sequence_done is None else \
+        (lambda s, _scores: [on_sequence_done(records[f]) for f in followers[fresh[s]]])
+    scores = get_scorer().score([r.sequence for r in fresh_records], partners0, callback, positions) if fresh else []
+    for s, k in enumerate(fresh):
+        record, seq_scores, summary = fresh_records[s], scores[s], \
+            summarize(scores[s].logp_masked, scores[s].logp_unmasked, scores[s].logp_ablated, flag_rule, partnered[s])
+        row = {"seq_id": record.seq_id, **dataclasses.asdict(summary), "n_repeat_regions": len(regions[s]),
+               "windowed": seq_scores.windowed, "sequence_sha256": record.sha256, "mode": mode}
+        results[k] = _SequenceResult(_residue_columns(record, seq_scores, details[s]), row,
+                                     repeat_table([record], [regions[s]]).to_pylist(), partners0[s],
+                                     summary.flagged, False, None)
 
-    diags: list[ResidueDiagnostics | None] = [None] * len(records)
-    flagged = [k for k, summary in enumerate(summaries) if summary.flagged]
-    if diagnostics and flagged:
-        computed = residue_diagnostics(scorer, [records[k].sequence for k in flagged], [partners0[k] for k in flagged])
-        for k, diag in zip(flagged, computed):
-            diags[k] = diag
+    # Diagnostics for the flagged sequences that do not carry them yet (scored here, or copied
+    # from a run whose rule did not flag them or that ran without diagnostics).
+    counts = ShardCounts()
+    need = [k for k in distinct if diagnostics and results[k].flagged and not results[k].has_diagnostics]
+    computed = dict(zip(need, residue_diagnostics(get_scorer(), [records[k].sequence for k in need],
+                                                  [results[k].partners for k in need]))) if need else {}
+    for k in distinct:
+        result = results[k]
+        if not (diagnostics and result.flagged and result.has_diagnostics):
+            columns, means = _diagnostic_columns(computed.get(k), _floats(result.residues["logp_ablated"]))
+            result.residues.update(columns)
+            result.row.update(means)
+            counts.rediagnosed += k in copied and k in computed
+        result.row["flagged"] = result.flagged
 
     residue_cols = {name: [] for name in RESIDUES_SCHEMA.names}
-    sequence_rows = []
-    for record, seq_scores, det, reg, summary, diag in zip(records, scores, details, regions, summaries, diags):
-        for name, values in _residue_columns(record, seq_scores, det, diag).items():
-            residue_cols[name].extend(values)
-        sequence_rows.append(
-            {
-                "seq_id": record.seq_id,
-                **dataclasses.asdict(summary),
-                "n_repeat_regions": len(reg),
-                "windowed": seq_scores.windowed,
-                "sequence_sha256": record.sha256,
-                "mode": mode,
-                "mean_net_inflation": None if diag is None else _mean_or_none(diag.logp_random_comask - seq_scores.logp_ablated),
-                "mean_copy_following": None if diag is None else _mean_or_none(diag.copy_following),
-            }
-        )
+    sequence_rows, repeat_rows = [], []
+    for k, record in enumerate(records):
+        result = results[owner[k]]
+        origin = result.origin if result.origin is not None else (None if owner[k] == k else run_id)
+        counts.scored += origin is None
+        counts.reused += origin is not None and origin != run_id
+        counts.duplicates += origin is not None and origin == run_id
+        for name in RESIDUES_SCHEMA.names:
+            residue_cols[name].extend(result.residues[name] if name != "seq_id" else [record.seq_id] * len(record.sequence))
+        sequence_rows.append({**result.row, "seq_id": record.seq_id, "reused_from_run": origin})
+        repeat_rows += [{**pair, "seq_id": record.seq_id} for pair in result.repeats]
     return ShardTables(
         residues=pa.table(residue_cols, schema=RESIDUES_SCHEMA),
         sequences=pa.Table.from_pylist(sequence_rows, schema=SEQUENCES_SCHEMA),
-        repeats=repeat_table(records, regions),
+        repeats=pa.Table.from_pylist(repeat_rows, schema=REPEATS_SCHEMA),
+        counts=counts,
     )
 
 

@@ -15,7 +15,7 @@ from plmscreen.schema.arrow import METADATA_KEY
 from plmscreen.screening.errors import SchemaVersionError, StoreError
 
 DATABASE_NAME = "plmscreen.duckdb"
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
