@@ -12,6 +12,12 @@ compute time from the catalog (time inside ``process_shard``):
 Every worker count gets the same shards: the size the automatic plan picks for the most workers
 (about 4 shards per worker), so only the worker count changes.
 
+The machine's own ceiling, measured side by side: N plain processes (``plmscreen screen
+--in-process``, one torch thread each, no Prefect, no Dask) started at once, each on its share of
+the proteins (balanced by scoring cost). Their speed-up is what N cores give to N independent
+single-threaded scorers on this machine (shared caches, memory bandwidth, a VM's vCPUs); the
+flow's speed-up is reported against linear and against that ceiling.
+
     python bench/bench_flow_scaling.py --model plmscreen-mini --fasta examples/sample.fasta
 """
 
@@ -78,8 +84,8 @@ def run_once(args, workers: int, store: Path) -> dict:
 
     flow = screen_proteome.with_options(task_runner=task_runner(workers=workers))
     started, cpu_before, server_before = time.perf_counter(), process_cpu(), server_cpu()
-    state = flow(input=str(args.fasta), store=str(store), model=args.model, device="cpu",
-                 shard_tokens=args.shard_tokens, torch_threads=1, return_state=True)
+    settings = {"model": args.model, "device": "cpu", "shard_tokens": args.shard_tokens}
+    state = flow(input=str(args.fasta), store=str(store), settings=settings, torch_threads=1, return_state=True)
     wall = time.perf_counter() - started
     cpu, server = process_cpu() - cpu_before, server_cpu() - server_before
     summary = state.result()
@@ -105,6 +111,37 @@ def run_once(args, workers: int, store: Path) -> dict:
     }
 
 
+def plain_processes(args, n: int, work: Path) -> dict:
+    """N independent single-thread in-process screens at once, each on its share of the proteins."""
+    import subprocess
+
+    from plmscreen.screening.input import read_fasta
+    from plmscreen.screening.run.plan import shard_cost
+
+    parts: list[list] = [[] for _ in range(n)]
+    loads = [0] * n
+    for record in sorted(read_fasta(args.fasta).records, key=lambda r: -len(r.sequence)):
+        k = loads.index(min(loads))
+        parts[k].append(record)
+        loads[k] += shard_cost(len(record.sequence))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PLMSCREEN_OFFLINE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    procs = []
+    started = time.perf_counter()
+    for k, part in enumerate(parts):
+        fasta = work / f"plain-{n}-{k}.fasta"
+        fasta.write_text("".join(f">{r.seq_id}\n{r.sequence}\n" for r in part))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "plmscreen.cli.main", "screen", str(fasta), "--model", args.model, "--device", "cpu",
+             "--in-process", "--no-progress", "--no-reuse", "--out", str(work / f"plain-{n}-{k}")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"plain process failed ({proc.returncode}): {err[-2000:]}")
+    return {"workers": n, "wall_s": time.perf_counter() - started}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path, default=REPO / "examples" / "sample.fasta")
@@ -126,9 +163,12 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from plmscreen.flows.orchestration import prefect_api
 
-    results = []
+    results, plain = [], []
     work = Path(tempfile.mkdtemp(prefix="plmscreen-scaling-"))
     try:
+        for workers in args.workers:
+            plain.append(plain_processes(args, workers, work))
+            print(json.dumps({"plain": plain[-1]}), flush=True)
         with prefect_api():
             for workers in args.workers:
                 results.append(run_once(args, workers, work / f"store-{workers}"))
@@ -136,11 +176,16 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = results[0]
+    for r, p in zip(results, plain):
+        r["plain_wall_s"] = p["wall_s"]
+        r["plain_speedup"] = plain[0]["wall_s"] / p["wall_s"]
+        r["plain_speedup_of_linear"] = r["plain_speedup"] / (r["workers"] / base["workers"])
     for r in results:
         r["speedup_wall"] = base["wall_s"] / r["wall_s"]
         r["speedup_tasks"] = (base["task_s"] / base["workers"]) / (r["task_s"] / r["workers"])
         r["speedup_wall_of_linear"] = r["speedup_wall"] / (r["workers"] / base["workers"])
         r["speedup_tasks_of_linear"] = r["speedup_tasks"] / (r["workers"] / base["workers"])
+        r["speedup_wall_of_plain"] = r["speedup_wall"] / r["plain_speedup"]
     record = {"machine": machine(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "fasta": str(args.fasta), "model": args.model,
               "shard_tokens": args.shard_tokens, "results": results}
@@ -148,17 +193,20 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     lines = [f"# Flow scaling: {args.fasta.name}, {args.model}", "", f"Machine: {record['machine']}  ",
              f"Date: {record['date']}  ", f"Command: `{record['command']}`", "",
-             "| workers | shards | wall s | Σ compute s | mean shard compute s | mean shard overhead s | overhead % of compute | fixed s | CPU ms/residue | compute ms/residue | server CPU s | speed-up wall (of linear) | speed-up tasks (of linear) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workers | shards | wall s | Σ compute s | mean shard compute s | mean shard overhead s | overhead % of compute | fixed s | CPU ms/residue | compute ms/residue | server CPU s | speed-up wall (of linear) | speed-up tasks (of linear) | plain processes: wall s, speed-up (of linear) | flow speed-up / plain speed-up |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['workers']} | {r['n_shards']} | {r['wall_s']:.1f} | {r['compute_s']:.1f} | {r['mean_shard_compute_s']:.2f} | "
                      f"{r['mean_shard_overhead_s']:.2f} | {r['overhead_pct_of_compute']:.1f} | {r['fixed_s']:.1f} | "
                      f"{r['cpu_ms_per_residue']:.1f} | {r['compute_ms_per_residue']:.1f} | {r['server_cpu_s']:.1f} | "
-                     f"{r['speedup_wall']:.2f} ({r['speedup_wall_of_linear']:.2f}) | {r['speedup_tasks']:.2f} ({r['speedup_tasks_of_linear']:.2f}) |")
+                     f"{r['speedup_wall']:.2f} ({r['speedup_wall_of_linear']:.2f}) | {r['speedup_tasks']:.2f} ({r['speedup_tasks_of_linear']:.2f}) | "
+                     f"{r['plain_wall_s']:.1f}, {r['plain_speedup']:.2f} ({r['plain_speedup_of_linear']:.2f}) | {r['speedup_wall_of_plain']:.2f} |")
     lines += ["", "Overhead = Prefect task duration − time inside `process_shard` (from the catalog); fixed = wall − task time / workers "
               "(temporary-server round trips, cluster start and stop). Speed-up (tasks) compares task time per worker. "
               "CPU ms/residue: this process (flow, scheduler, nannies) plus the workers, per scored residue; compute ms/residue: "
-              "time inside `process_shard` summed over shards."]
+              "time inside `process_shard` summed over shards. Plain processes: N `plmscreen screen --in-process` processes with one "
+              "torch thread each, started at once on balanced shares of the proteins (interpreter start-up included): what "
+              "this machine gives N independent scorers."]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
