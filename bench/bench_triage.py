@@ -6,7 +6,10 @@ segment (70-95% identity), and structurally verified tandem-repeat chains from t
 benchmark. Both modes run ``plmscreen.screening.run.tables.score_shard`` with the same loaded model (exact
 first, then triage, then exact and triage again; the faster of each pair is kept). Reported:
 wall time per mode, the speed-up, the token count each mode ran through the model (a
-machine-independent cost), and flags missed or added by triage.
+machine-independent cost), and flags missed or added by triage. Flags are the whole rule: effect
+size, and the partner test's Benjamini-Hochberg q-value over the set (as ``finalize_run`` does
+over a run). The partner test's own cost (its null co-mask forwards, ``null_comask``) is counted
+apart in the same runs: its tokens and seconds, and its share of each mode's total.
 
     python bench/bench_triage.py --model plmscreen-mini --n-proteome 300 --threads 1
 """
@@ -28,7 +31,8 @@ import torch
 from common import machine
 from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
 from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
-from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.run import tables as shard_tables
+from plmscreen.screening.score.metrics import FlagRule, bh_qvalues
 from plmscreen.screening.score.repeats import RepeatParams
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 from plmscreen.screening.run.tables import score_shard
@@ -84,13 +88,37 @@ class TokenCounter:
         return self._forward(tokens, query)
 
 
-def run_mode(scorer: Scorer, counter: TokenCounter, records, mode: str, rule: FlagRule) -> dict:
-    counter.tokens = 0
+class PartnerTestMeter:
+    """Tokens and seconds spent inside the partner test (tables.null_comask), wrapping it."""
+
+    def __init__(self, counter: TokenCounter):
+        self.counter, self.tokens, self.seconds = counter, 0, 0.0
+        self._inner = shard_tables.null_comask
+        shard_tables.null_comask = self
+
+    def __call__(self, *args, **kwargs):
+        before, started = self.counter.tokens, time.perf_counter()
+        try:
+            return self._inner(*args, **kwargs)
+        finally:
+            self.tokens += self.counter.tokens - before
+            self.seconds += time.perf_counter() - started
+
+
+def run_mode(scorer: Scorer, counter: TokenCounter, meter: PartnerTestMeter, records, mode: str, rule: FlagRule) -> dict:
+    counter.tokens = meter.tokens = 0
+    meter.seconds = 0.0
     started = time.perf_counter()
     tables = score_shard(scorer, records, RepeatParams(), rule, mode=mode, diagnostics=False)
     seconds = time.perf_counter() - started
     rows = tables.sequences.to_pylist()
-    return {"seconds": seconds, "tokens": counter.tokens, "flagged": sorted(r["seq_id"] for r in rows if r["flagged"]),
+    qvalues = bh_qvalues([r["partner_pvalue"] for r in rows])
+    flagged = sorted(r["seq_id"] for r, q in zip(rows, qvalues) if rule.flags(r["inflation_factor"], r["repeat_fraction"], q))
+    return {"seconds": seconds, "tokens": counter.tokens, "flagged": flagged,
+            "effect_flagged": sorted(r["seq_id"] for r in rows if r["effect_flagged"]),
+            "n_tested": sum(r["partner_pvalue"] is not None for r in rows),
+            "test_tokens": meter.tokens, "test_seconds": meter.seconds,
+            "pvalue": {r["seq_id"]: r["partner_pvalue"] for r in rows},
             "inflation_factor": {r["seq_id"]: r["inflation_factor"] for r in rows}}
 
 
@@ -117,6 +145,7 @@ def main() -> None:
     loaded = load_model(args.model, device="cpu")
     scorer = Scorer(loaded, ScoringOptions())
     counter = TokenCounter(scorer)
+    meter = PartnerTestMeter(counter)
     rule = FlagRule()
     result = {
         "machine": machine(),
@@ -124,13 +153,14 @@ def main() -> None:
         "model": loaded.name,
         "checkpoint_sha256": loaded.checkpoint_sha256,
         "command": "python bench/bench_triage.py " + " ".join(sys.argv[1:]),
-        "rule": {"min_inflation_factor": rule.min_inflation_factor, "min_repeat_fraction": rule.min_repeat_fraction},
+        "rule": {"min_inflation_factor": rule.min_inflation_factor, "min_repeat_fraction": rule.min_repeat_fraction,
+                 "max_qvalue": rule.max_qvalue, "null_draws": rule.null_draws},
     }
     for name, subset in (("proteome", proteome), ("cases", cases)):
         runs = {"exact": [], "triage": []}
         for _ in range(args.rounds):
             for mode in ("exact", "triage"):
-                runs[mode].append(run_mode(scorer, counter, subset, mode, rule))
+                runs[mode].append(run_mode(scorer, counter, meter, subset, mode, rule))
                 print(f"{name} {mode}: {runs[mode][-1]['seconds']:.1f} s, {runs[mode][-1]['tokens']:,} tokens", flush=True)
         exact = min(runs["exact"], key=lambda r: r["seconds"])
         triage = min(runs["triage"], key=lambda r: r["seconds"])
@@ -143,6 +173,15 @@ def main() -> None:
             "exact_tokens": exact["tokens"],
             "triage_tokens": triage["tokens"],
             "token_ratio": exact["tokens"] / max(1, triage["tokens"]),
+            "n_tested": exact["n_tested"],
+            "exact_test_tokens": exact["test_tokens"],
+            "triage_test_tokens": triage["test_tokens"],
+            "exact_test_seconds": exact["test_seconds"],
+            "triage_test_seconds": triage["test_seconds"],
+            "same_pvalues": all((exact["pvalue"][k] is None) == (triage["pvalue"][k] is None) and
+                                (exact["pvalue"][k] is None or abs(exact["pvalue"][k] - triage["pvalue"][k]) <= 1e-6 * max(1e-12, exact["pvalue"][k]))
+                                for k in exact["pvalue"]),
+            "effect_flagged_exact": exact["effect_flagged"],
             "flagged_exact": exact["flagged"],
             "flagged_triage": triage["flagged"],
             "missed_by_triage": sorted(set(exact["flagged"]) - set(triage["flagged"])),
@@ -161,12 +200,15 @@ def markdown(r: dict) -> str:
 
     def row(name, d, mode):
         flagged = d[f"flagged_{mode}"]
-        return (f"| {name} | {mode} | {d[f'{mode}_seconds']:.1f} | {d[f'{mode}_tokens']:,} | {len(flagged)} |")
+        share = d[f"{mode}_test_tokens"] / max(1, d[f"{mode}_tokens"])
+        return (f"| {name} | {mode} | {d[f'{mode}_seconds']:.1f} | {d[f'{mode}_tokens']:,} | {d[f'{mode}_test_tokens']:,} ({share:.0%}) | "
+                f"{d[f'{mode}_test_seconds']:.1f} | {len(flagged)} |")
 
     return f"""# Triage vs exact screening: {r['model']}
 
 Machine: {r['machine']}; torch threads {r['torch_threads']}. Command: `{r['command']}`.
-Flag rule: inflation factor >= {r['rule']['min_inflation_factor']} and repeat fraction >= {r['rule']['min_repeat_fraction']}.
+Flag rule: inflation factor >= {r['rule']['min_inflation_factor']} and repeat fraction >= {r['rule']['min_repeat_fraction']}
+and partner q-value <= {r['rule']['max_qvalue']} ({r['rule']['null_draws']} null co-mask draws per partnered residue; BH over each set).
 
 - **proteome**: {p['n_sequences']} proteins sampled (seeded) from the E. coli K-12 proteome, {p['n_residues']:,} residues;
 - **cases**: {c['n_sequences']} validation cases, repeat carriers whose exact-mode flags triage must reproduce: doubled proteins, inserted imperfect
@@ -174,8 +216,8 @@ Flag rule: inflation factor >= {r['rule']['min_inflation_factor']} and repeat fr
 
 Same process, same loaded model, modes interleaved over {len(p['all_rounds']['exact'])} rounds, the faster round kept.
 
-| set | mode | wall (s) | tokens through the model | flagged |
-|---|---|---:|---:|---:|
+| set | mode | wall (s) | tokens through the model | of which the partner test (share) | partner test (s) | flagged |
+|---|---|---:|---:|---:|---:|---:|
 {row("proteome", p, "exact")}
 {row("proteome", p, "triage")}
 {row("cases", c, "exact")}
@@ -184,7 +226,11 @@ Same process, same loaded model, modes interleaved over {len(p['all_rounds']['ex
 - **Proteome speed-up: {p['speedup']:.1f}x** wall ({p['token_ratio']:.1f}x fewer tokens through the model).
   On the cases, where nearly every residue has a partner, triage has little to skip: {c['speedup']:.1f}x.
 - Flags missed by triage: proteome {len(p['missed_by_triage'])}, cases {len(c['missed_by_triage'])}
-  of {len(c['flagged_exact'])} flagged; flags added: {len(p['added_by_triage']) + len(c['added_by_triage'])}.
+  of {len(c['flagged_exact'])} flagged; flags added: {len(p['added_by_triage']) + len(c['added_by_triage'])}. Same partner
+  p-values in both modes: proteome {p['same_pvalues']}, cases {c['same_pvalues']}.
+- The partner test ran on {p['n_tested']} of {p['n_sequences']} proteome proteins and {c['n_tested']} of {c['n_sequences']} cases
+  (every sequence the rule could flag, the run's BH family); effect size alone flagged {len(p['effect_flagged_exact'])} proteome
+  proteins and {len(c['effect_flagged_exact'])} cases, the whole rule {len(p['flagged_exact'])} and {len(c['flagged_exact'])}.
 - Triage's wall time includes repeat detection and the unmasked pass, the same work exact mode does;
   with a larger model (ESM-2 8M and up) the model's share grows and the wall speed-up approaches the token ratio.
 """

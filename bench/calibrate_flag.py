@@ -46,7 +46,7 @@ import torch
 from common import machine
 from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
 from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
-from plmscreen.screening.score.metrics import FlagRule
+from plmscreen.screening.score.metrics import FlagRule, bh_qvalues
 from plmscreen.screening.score.repeats import RepeatParams
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 from plmscreen.screening.run.tables import score_shard
@@ -110,9 +110,12 @@ def score_sets(scorer: Scorer, sets: dict, pvalue: float) -> dict[str, list[dict
         records = [r for r, _ in items]
         tables = score_shard(scorer, records, params, always, mode="triage", diagnostics=False)
         rows = tables.sequences.to_pylist()
+        # Each set is a run of its own: the partner test's BH q-values are taken over the set.
+        qvalues = bh_qvalues([row["partner_pvalue"] for row in rows])
         out[name] = [{"seq_id": row["seq_id"], "repeat_fraction": row["repeat_fraction"],
-                      "inflation_factor": row["inflation_factor"], **labels}
-                     for row, (_, labels) in zip(rows, items)]
+                      "inflation_factor": row["inflation_factor"], "partner_pvalue": row["partner_pvalue"],
+                      "partner_qvalue": q, **labels}
+                     for row, q, (_, labels) in zip(rows, qvalues, items)]
     return out
 
 
@@ -120,8 +123,7 @@ def flag_rate(rows: list[dict], factor: float, fraction: float) -> float:
     if not rows:
         return float("nan")
     rule = FlagRule(min_inflation_factor=factor, min_repeat_fraction=fraction)
-    return float(np.mean([r["inflation_factor"] is not None and rule.flags(r["inflation_factor"], r["repeat_fraction"])
-                          for r in rows]))
+    return float(np.mean([rule.flags(r["inflation_factor"], r["repeat_fraction"], r["partner_qvalue"]) for r in rows]))
 
 
 def evaluate(scored: dict, factor: float, fraction: float) -> dict:
@@ -144,19 +146,9 @@ def evaluate(scored: dict, factor: float, fraction: float) -> dict:
 
 def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
     """One-sided Clopper-Pearson upper bound of a rate seen k times in n."""
-    import math
+    from scipy.stats import binomtest
 
-    if k >= n:
-        return 1.0
-
-    def cdf(p: float) -> float:  # P(X <= k) for X ~ Binomial(n, p)
-        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
-
-    lo, hi = k / n, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
-    return hi
+    return float(binomtest(k, n).proportion_ci(confidence_level=2 * confidence - 1, method="exact").high)
 
 
 def main() -> None:
@@ -208,7 +200,8 @@ def main() -> None:
     flagged_ecoli = sorted(
         (r for r in scored_by_p[chosen["max_pvalue"]]["ecoli"]
          if r["inflation_factor"] is not None
-         and FlagRule(chosen["min_inflation_factor"], chosen["min_repeat_fraction"]).flags(r["inflation_factor"], r["repeat_fraction"])),
+         and FlagRule(chosen["min_inflation_factor"], chosen["min_repeat_fraction"]).flags(
+             r["inflation_factor"], r["repeat_fraction"], r["partner_qvalue"])),
         key=lambda r: -r["inflation_factor"])
     result = {
         "machine": machine(),

@@ -102,6 +102,7 @@ def screen(
     masks_per_copy: Annotated[Optional[int], typer.Option(help=f">1: approximate, several far-apart positions masked per copy (default: {_DEFAULTS.scoring.masks_per_copy}).")] = None,
     min_inflation_factor: Annotated[Optional[float], typer.Option(help=f"Flag rule: pppl_ablated / pppl at least this (calibrated: bench/results/calibration_*) (default: {_DEFAULTS.flag.min_inflation_factor}).")] = None,
     min_repeat_fraction: Annotated[Optional[float], typer.Option(help=f"Flag rule: fraction of residues with partners at least this (default: {_DEFAULTS.flag.min_repeat_fraction}).")] = None,
+    max_qvalue: Annotated[Optional[float], typer.Option(help=f"Flag rule: Benjamini-Hochberg q-value (across the run) of the test that co-masking the partners costs more than co-masking as many random positions, at most this (default: {_DEFAULTS.flag.max_qvalue}).")] = None,
     shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most plmscreen.screening.run.settings.MAX_SHARD_TOKENS.")] = None,
     mode: Annotated[Optional[str], typer.Option(help=f"exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl) (default: {_DEFAULTS.mode}).")] = None,
     diagnostics: Annotated[Optional[bool], typer.Option("--diagnostics/--no-diagnostics", help="Copy-following index and null-corrected inflation for flagged sequences (default: on).")] = None,
@@ -131,6 +132,7 @@ def screen(
             "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
             "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
             "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
+            "flag.max_qvalue": max_qvalue,
             "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
         })
         if in_process:

@@ -80,7 +80,8 @@ def assert_same_screen(store: Path, reference: dict, fasta: Path) -> None:
     for row in got["sequences"]:
         assert row["pppl"] == pytest.approx(ref_seq[row["seq_id"]]["pppl"], rel=1e-6)
         assert row["inflation_factor"] == pytest.approx(ref_seq[row["seq_id"]]["inflation_factor"], rel=1e-6)
-        assert row["flagged"] == ref_seq[row["seq_id"]]["flagged"]
+        assert row["effect_flagged"] == ref_seq[row["seq_id"]]["effect_flagged"]
+        assert row["partner_pvalue"] == pytest.approx(ref_seq[row["seq_id"]]["partner_pvalue"], rel=1e-6)
 
 
 def prefect_env(tmp: Path) -> dict:
@@ -361,5 +362,6 @@ def test_a_flow_rescreen_with_another_flag_rule_copies_every_sequence(fasta, ref
     for row in rows:
         want = ref[row["seq_id"]]
         assert row["pppl"] == want["pppl"] and row["inflation_factor"] == want["inflation_factor"]
-        assert row["flagged"] == rule.flags(want["inflation_factor"], want["repeat_fraction"])
+        assert row["effect_flagged"] == rule.effect_flags(want["inflation_factor"], want["repeat_fraction"])
+        assert row["partner_pvalue"] == want["partner_pvalue"]
         assert row["reused_from_run"] == reference["run_id"]

@@ -37,13 +37,13 @@ def test_reflag_at_the_runs_own_thresholds_reproduces_its_flags(store):
         assert len(rows) == 15
         assert any(r["flagged"] for r in rows) and not all(r["flagged"] for r in rows), mode
         assert [r["flagged"] for r in rows] == [r["flagged_in_run"] for r in rows], mode
-        assert {(r["min_inflation_factor"], r["min_repeat_fraction"]) for r in rows} == {(1.05, 0.05)}
+        assert {(r["min_inflation_factor"], r["min_repeat_fraction"], r["max_qvalue"]) for r in rows} == {(1.05, 0.05, 0.05)}
 
 
 def test_reflag_under_other_thresholds_equals_the_python_rule(store):
     root, runs = store
     with open_store(root) as st:
-        stored = st.sql("SELECT run, seq_id, inflation_factor, repeat_fraction FROM sequences").to_pylist()
+        stored = st.sql("SELECT run, seq_id, inflation_factor, repeat_fraction, partner_qvalue FROM sequences").to_pylist()
         factors = sorted({r["inflation_factor"] for r in stored if r["inflation_factor"] is not None})
         fractions = sorted({r["repeat_fraction"] for r in stored})
         # Thresholds exactly at stored values too: the boundary is where two copies of a rule drift.
@@ -53,7 +53,7 @@ def test_reflag_under_other_thresholds_equals_the_python_rule(store):
             for run in runs.values():
                 rows = st.named("reflag", run=run, min_inflation_factor=rule.min_inflation_factor,
                                 min_repeat_fraction=rule.min_repeat_fraction).to_pylist()
-                want = {r["seq_id"]: rule.flags(r["inflation_factor"], r["repeat_fraction"])
+                want = {r["seq_id"]: rule.flags(r["inflation_factor"], r["repeat_fraction"], r["partner_qvalue"])
                         for r in stored if r["run"] == run}
                 assert {r["seq_id"]: r["flagged"] for r in rows} == want, (run, factor, fraction)
 

@@ -27,7 +27,8 @@ from plmscreen.screening.store.runs import delete_run
 
 from store_fixtures import FASTA as REPEATS_FASTA
 
-LENIENT = FlagRule(min_inflation_factor=1.0, min_repeat_fraction=0.05)  # flags about half of the repeat carriers
+# A tiny random model cannot copy: its flags come from the effect size alone (q-value gate open).
+LENIENT = FlagRule(min_inflation_factor=1.0, min_repeat_fraction=0.05, max_qvalue=1.0)  # flags about half of the repeat carriers
 SHARD_TOKENS = 12_000  # several shards per run
 
 
@@ -47,9 +48,10 @@ def write_fasta(path: Path, records: dict[str, str]) -> Path:
 
 @contextlib.contextmanager
 def recording():
-    """The sequences the model scores, those whose diagnostics are computed, and model loads."""
-    seen = {"scored": [], "diagnosed": [], "loads": 0}
-    score, diagnose, load = Scorer.score, tables.residue_diagnostics, lifecycle.load_model
+    """The sequences the model scores, those whose copy-following diagnostics and partner-test null
+    co-masks are computed, and model loads."""
+    seen = {"scored": [], "diagnosed": [], "tested": [], "loads": 0}
+    score, diagnose, test, load = Scorer.score, tables.copy_following, tables.null_comask, lifecycle.load_model
 
     def spy_score(self, sequences, *args, **kwargs):
         seen["scored"] += list(sequences)
@@ -59,13 +61,18 @@ def recording():
         seen["diagnosed"] += list(sequences)
         return diagnose(scorer, sequences, *args, **kwargs)
 
+    def spy_test(scorer, sequences, *args, **kwargs):
+        seen["tested"] += list(sequences)
+        return test(scorer, sequences, *args, **kwargs)
+
     def spy_load(*args, **kwargs):
         seen["loads"] += 1
         return load(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Scorer, "score", spy_score)
-        mp.setattr(tables, "residue_diagnostics", spy_diagnose)
+        mp.setattr(tables, "copy_following", spy_diagnose)
+        mp.setattr(tables, "null_comask", spy_test)
         mp.setattr(lifecycle, "load_model", spy_load)
         yield seen
 
@@ -106,7 +113,7 @@ def releases(tmp_path_factory, tiny_checkpoint):
     second["tri"] = second["tri"].replace("PPLKDEM", "PPLRDEM")
     second[real[12].seq_id] = real[12].sequence[:80]
     settings = ScreenSettings(model=str(tiny_checkpoint), device="cpu", flag=LENIENT, shard_tokens=SHARD_TOKENS)
-    strict = dataclasses.replace(settings, flag=FlagRule(min_inflation_factor=1.0, min_repeat_fraction=0.5))
+    strict = dataclasses.replace(settings, flag=FlagRule(min_inflation_factor=1.0, min_repeat_fraction=0.5, max_qvalue=1.0))
     store = tmp / "store"
     fasta_1 = write_fasta(tmp / "2026-11" / "proteome.fasta", first)
     fasta_2 = write_fasta(tmp / "2026-12" / "proteome.fasta", second)
@@ -136,7 +143,7 @@ def test_a_rescreen_writes_what_a_fresh_screen_writes(releases):
     want = run_tables(releases["tmp"] / "fresh", releases["fresh"].run_id)
     assert_same_rows(got, want)
     assert [r["seq_id"] for r in got["sequences"]] == list(releases["second"])
-    assert any(r["flagged"] for r in got["sequences"]) and any(r["mean_copy_following"] is not None for r in got["sequences"])
+    assert any(r["effect_flagged"] for r in got["sequences"]) and any(r["mean_copy_following"] is not None for r in got["sequences"])
     assert releases["run_2"].run_id == releases["fresh"].run_id, "--no-reuse names the same run"
 
 
@@ -160,7 +167,7 @@ def test_changing_only_the_flag_rule_scores_nothing(releases, tmp_path):
     shutil.copytree(releases["store"], store)
     with recording() as seen:
         strict = run_screen(releases["fasta_2"], store, releases["strict"])
-    assert seen == {"scored": [], "diagnosed": [], "loads": 0}
+    assert seen == {"scored": [], "diagnosed": [], "tested": [], "loads": 0}
     assert strict.n_reused == len(releases["second"]) and strict.run_id != releases["run_2"].run_id
     got = run_tables(store, strict.run_id)
     assert_same_rows(got, run_tables(releases["tmp"] / "fresh_strict", releases["fresh_strict"].run_id))
@@ -169,11 +176,11 @@ def test_changing_only_the_flag_rule_scores_nothing(releases, tmp_path):
     # The lenient rule on a store whose only run used the strict one: more flagged, diagnostics needed.
     only_strict = tmp_path / "only_strict"
     shutil.copytree(releases["tmp"] / "fresh_strict", only_strict)
-    flagged_before = {r["seq_id"] for r in run_tables(only_strict, releases["fresh_strict"].run_id)["sequences"] if r["flagged"]}
+    flagged_before = {r["seq_id"] for r in run_tables(only_strict, releases["fresh_strict"].run_id)["sequences"] if r["effect_flagged"]}
     with recording() as seen:
         lenient = run_screen(releases["fasta_2"], only_strict, releases["settings"])
     got = run_tables(only_strict, lenient.run_id)
-    newly = {r["seq_id"] for r in got["sequences"] if r["flagged"]} - flagged_before
+    newly = {r["seq_id"] for r in got["sequences"] if r["effect_flagged"]} - flagged_before
     assert newly, "the lenient rule must flag more sequences"
     assert seen["scored"] == [] and sorted(seen["diagnosed"]) == sorted(releases["second"][s] for s in newly)
     assert lenient.n_rediagnosed == len(newly)

@@ -176,11 +176,11 @@ def test_sequence_summary_matches_hand_computation():
     assert s.inflation_factor == pytest.approx(s.pppl_ablated / s.pppl)
     assert s.mean_inflation == pytest.approx((2.0 + 1.0) / 2)
     assert s.max_inflation == pytest.approx(2.0)
-    assert s.flagged  # factor exp(3/4) = 2.1 >= 1.5 and fraction 0.5 >= 0.25
-    assert not FlagRule(min_inflation_factor=2.2).flags(s.inflation_factor, s.repeat_fraction)
-    assert not FlagRule(min_repeat_fraction=0.6).flags(s.inflation_factor, s.repeat_fraction)
+    assert s.effect_flagged  # factor exp(3/4) = 2.1 >= 1.5 and fraction 0.5 >= 0.25
+    assert not FlagRule(min_inflation_factor=2.2).effect_flags(s.inflation_factor, s.repeat_fraction)
+    assert not FlagRule(min_repeat_fraction=0.6).effect_flags(s.inflation_factor, s.repeat_fraction)
     none = summarize(masked, unmasked, np.full(4, np.nan))
-    assert none.inflation_factor == pytest.approx(1.0) and none.mean_inflation is None and not none.flagged
+    assert none.inflation_factor == pytest.approx(1.0) and none.mean_inflation is None and not none.effect_flagged
 
 
 def test_probe_gives_full_rows_for_arbitrary_mask_sets(tiny_model, scored):

@@ -145,13 +145,13 @@ def test_cli_screen_prints_summary_and_flagged_table(tmp_path, tiny_checkpoint):
     fasta = tmp_path / "in.fasta"
     fasta.write_text(FASTA)
     result = _run_cli("screen", str(fasta), "--in-process", "--out", str(tmp_path / "o"), "--model", str(tiny_checkpoint),
-                      "--device", "cpu", "--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.5")
+                      "--device", "cpu", "--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.5", "--max-qvalue", "1")
     assert result.returncode == 0, result.stderr
     assert "Screened 3 sequences (237 residues)" in result.stdout
     assert "0 rejected" in result.stdout
     rows = pq.read_table(part(tmp_path / "o", "sequences")).to_pylist()
     expected = [r["seq_id"] for r in rows if r["repeat_fraction"] >= 0.5 and r["inflation_factor"] >= 1.0]
-    assert expected == [r["seq_id"] for r in rows if r["flagged"]]
+    assert expected == [r["seq_id"] for r in rows if r["effect_flagged"]]
     table = result.stdout.split("most inflated first:")[1]
     assert f"{len(expected)} flagged" in result.stdout
     for seq_id in ("single", "doubled", "short"):

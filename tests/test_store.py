@@ -409,35 +409,22 @@ def test_file_schema_version_reads_the_footer(store):
     assert {st.file_schema_version(p) for p in st.data_files(store)} == {SCHEMA_VERSION}
 
 
-def test_version_1_files_query_alongside_version_2(shared, tmp_path):
-    """Stores written before triage and diagnostics existed still read: new columns are null there."""
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_files_before_the_run_wide_flag_are_refused_by_name(shared, tmp_path, version):
+    """Version 4 moved the flag out of the shard files (the q-value is taken across the run): an
+    older file's `flagged` means something else, so queries refuse the store, naming the file and
+    what to do, instead of mixing two meanings of `flagged`."""
     store = copy_store(shared, tmp_path / "store")
     old = sorted(store.glob("sequences/model=*/run=*/part-*.parquet"))[0]
     table = pq.read_table(old)
-    v1 = table.drop_columns(["mode", "mean_net_inflation", "mean_copy_following"])
     meta = dict(table.schema.metadata)
-    meta[METADATA_KEY] = json.dumps({**json.loads(meta[METADATA_KEY]), "schema_version": 1}).encode()
-    pq.write_table(v1.replace_schema_metadata(meta), old)
-    assert st.check_schema_versions(store) == {1: 1, SCHEMA_VERSION: len(st.data_files(store)) - 1}
-    ids = set(table.column("seq_id").to_pylist())
-    rows = st.query(store, "SELECT seq_id, mode FROM sequences").to_pylist()
-    rows = [(r["seq_id"], r["mode"]) for r in rows]
-    assert {seq for seq, mode in rows if mode is None} == ids
-    assert all(mode == "exact" for seq, mode in rows if seq not in ids)
-
-
-def test_version_2_files_query_alongside_version_3(shared, tmp_path):
-    """Stores written before incremental rescreens still read: reused_from_run is null there."""
-    store = copy_store(shared, tmp_path / "store")
-    old = sorted(store.glob("sequences/model=*/run=*/part-*.parquet"))[0]
-    table = pq.read_table(old)
-    v2 = table.drop_columns(["reused_from_run"])
-    meta = dict(table.schema.metadata)
-    meta[METADATA_KEY] = json.dumps({**json.loads(meta[METADATA_KEY]), "schema_version": 2}).encode()
-    pq.write_table(v2.replace_schema_metadata(meta), old)
-    assert st.check_schema_versions(store) == {2: 1, SCHEMA_VERSION: len(st.data_files(store)) - 1}
-    rows = st.query(store, "SELECT seq_id, reused_from_run FROM sequences").to_pylist()
-    assert len(rows) == len(parquet_rows(store, "sequences")) and {r["reused_from_run"] for r in rows} == {None}
+    meta[METADATA_KEY] = json.dumps({**json.loads(meta[METADATA_KEY]), "schema_version": version}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), old)
+    with pytest.raises(st.SchemaVersionError) as err:
+        st.check_schema_versions(store)
+    assert str(old) in str(err.value) and f"version {version}, older" in str(err.value) and "re-run" in str(err.value)
+    with pytest.raises(st.SchemaVersionError, match="re-run that screen"):
+        st.query(store, "SELECT count(*) FROM sequences")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,11 +49,15 @@ def both_modes(mini, records):
 def test_triage_flags_exactly_what_exact_mode_flags(both_modes):
     exact, triage = (t.sequences.to_pylist() for t in both_modes)
     assert [r["seq_id"] for r in exact] == [r["seq_id"] for r in triage]
-    assert sum(r["flagged"] for r in exact) >= 2, "the constructs must be flagged, or this test proves nothing"
-    assert sum(not r["flagged"] for r in exact) >= 5
+    assert sum(r["effect_flagged"] for r in exact) >= 2, "the constructs must be flagged, or this test proves nothing"
+    assert sum(not r["effect_flagged"] for r in exact) >= 5
     for e, t in zip(exact, triage):
-        assert t["flagged"] == e["flagged"], e["seq_id"]
+        assert t["effect_flagged"] == e["effect_flagged"], e["seq_id"]
         assert (e["mode"], t["mode"]) == ("exact", "triage")
+        # The partner test is run on the same sequences (the BH family) with the same seeded draws.
+        assert (t["partner_pvalue"] is None) == (e["partner_pvalue"] is None) == (not could_flag(e["repeat_fraction"], FlagRule()))
+        if e["partner_pvalue"] is not None:
+            assert t["partner_pvalue"] == pytest.approx(e["partner_pvalue"], rel=1e-6, abs=1e-12)
         assert e["pppl"] is not None
         if t["repeat_fraction"] == 1.0 and could_flag(1.0, FlagRule()):  # every residue was masked anyway
             assert t["pppl"] == pytest.approx(e["pppl"], rel=1e-6)
@@ -66,7 +70,7 @@ def test_triage_flags_exactly_what_exact_mode_flags(both_modes):
             assert t["inflation_factor"] == pytest.approx(e["pppl_ablated"] / e["pppl"], rel=1e-6)
         else:  # only where the rule cannot fire whatever the scores
             assert not could_flag(e["repeat_fraction"], FlagRule())
-        if e["flagged"]:
+        if e["effect_flagged"]:
             assert t["mean_copy_following"] == pytest.approx(e["mean_copy_following"], abs=1e-6)
 
 
@@ -140,12 +144,17 @@ def test_random_weights_do_not_follow_the_copy(tiny_model):
 
 def test_diagnostics_fill_only_flagged_sequences(both_modes):
     residues = both_modes[0].residues.to_pylist()
-    flagged = {r["seq_id"] for r in both_modes[0].sequences.to_pylist() if r["flagged"]}
+    sequences = both_modes[0].sequences.to_pylist()
+    flagged = {r["seq_id"] for r in sequences if r["effect_flagged"]}
+    tested = {r["seq_id"] for r in sequences if r["partner_pvalue"] is not None}
+    assert flagged < tested, "the partner test covers more than the effect-flagged sequences"
     for row in residues:
         has = row["copy_following"] is not None
         assert has == (row["seq_id"] in flagged and bool(row["partner_pos"]))
-        if has:
+        assert (row["logp_random_comask"] is not None) == (row["seq_id"] in tested and bool(row["partner_pos"]))
+        if row["logp_random_comask"] is not None:
             assert row["net_inflation"] == pytest.approx(row["logp_random_comask"] - row["logp_ablated"], abs=1e-12)
+        if has:
             assert row["planted_residue"] in STANDARD
     doubled = [r for r in residues if r["seq_id"] == "doubled"]
     # The look-up is more than the cost of an extra mask: net inflation stays positive on average.
@@ -173,7 +182,7 @@ def test_cli_triage_screen_report_and_flagged_query(tmp_path):
     result = cli("screen", str(fasta), "--out", str(out), "--mode", "triage", "--in-process", "--device", "cpu",
                  "--no-progress", "--no-diagnostics")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {r["seq_id"]: r for f in out.glob("sequences/*/*/part-*.parquet") for r in pq.read_table(f).to_pylist()}
+    rows = {r["seq_id"]: r for r in st.query(out, "SELECT * FROM sequences").to_pylist()}
     assert {r["mode"] for r in rows.values()} == {"triage"}
     assert rows["pdb|2QSK|A"]["flagged"] and rows["sp|Q2EEQ3|YAHH_ECOLI"]["flagged"]
     assert not rows["sp|P02358|RS6_ECOLI"]["flagged"] and rows["sp|P02358|RS6_ECOLI"]["pppl"] is None
@@ -268,13 +277,15 @@ def test_triage_equals_exact_for_every_accepted_option(mini, records, masks_per_
     scorer = Scorer(mini, ScoringOptions(precision=precision, masks_per_copy=masks_per_copy, engine=engine))
     exact, triage = (score_shard(scorer, chosen, RepeatParams(), FlagRule(), mode=mode) for mode in ("exact", "triage"))
     e_rows, t_rows = exact.sequences.to_pylist(), triage.sequences.to_pylist()
-    assert sum(r["flagged"] for r in e_rows) >= 1
+    assert sum(r["effect_flagged"] for r in e_rows) >= 1
     tol = TOL[precision]
     for e, t in zip(e_rows, t_rows):
         if t["inflation_factor"] is not None:
             assert t["inflation_factor"] == pytest.approx(e["inflation_factor"], rel=tol["factor"]), e["seq_id"]
         near_threshold = abs(e["inflation_factor"] / FlagRule().min_inflation_factor - 1) < tol["factor"]
-        assert t["flagged"] == e["flagged"] or near_threshold, e["seq_id"]
+        assert t["effect_flagged"] == e["effect_flagged"] or near_threshold, e["seq_id"]
+        if precision == "fp32" and e["partner_pvalue"] is not None:
+            assert t["partner_pvalue"] == pytest.approx(e["partner_pvalue"], rel=1e-4), e["seq_id"]
     e_res = {(r["seq_id"], r["pos"]): r for r in exact.residues.to_pylist()}
     scored = [r for r in triage.residues.to_pylist() if r["logp_masked"] is not None]
     assert scored

@@ -1,10 +1,12 @@
 -- flagged: the sequences the screen's flag rule flagged, with their repeat regions as a list of
 -- structs (regions) and as text (regions_text: "start-end~partner_start-partner_end id=.. infl=..").
--- mean_net_inflation and mean_copy_following are the diagnostics' sequence means (null without them).
+-- partner_pvalue / partner_qvalue: the partner test (partners vs random co-masks) and its
+-- Benjamini-Hochberg q-value across the run. mean_net_inflation is the mean of logp_random_comask -
+-- logp_ablated over partnered residues; mean_copy_following the diagnostics' mean (null without them).
 CREATE OR REPLACE VIEW flagged AS
 SELECT s.run, s.model, s.seq_id, s.length, s.pppl, s.pppl_ablated, s.inflation_factor,
        s.repeat_fraction, s.mean_inflation, s.max_inflation, s.n_repeat_regions,
-       s.mean_net_inflation, s.mean_copy_following, s.mode,
+       s.partner_pvalue, s.partner_qvalue, s.mean_net_inflation, s.mean_copy_following, s.mode,
        coalesce(list({'region_id': rr.region_id, 'start': rr."start", 'end': rr."end",
                       'partner_start': rr.partner_start, 'partner_end': rr.partner_end,
                       'identity': rr.identity, 'mean_inflation': rr.mean_inflation,

@@ -201,10 +201,14 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
         ("Input", info["input_path"]), ("Input sha256", info["input_sha256"]), ("Created", info["created_utc"]),
         ("plmscreen version", info["plmscreen_version"]), ("Sequences scored", info["n_sequences"]),
         ("Residues scored", info["n_residues"]), ("Records rejected", info["n_rejected"]),
-        ("Sequences with repeats", info["n_with_repeats"]), ("Sequences flagged", info["n_flagged"]),
+        ("Sequences with repeats", info["n_with_repeats"]),
+        ("Sequences given the partner test", info["n_tested"]), ("Sequences flagged", info["n_flagged"]),
         ("Highest inflation factor", info["max_inflation_factor"]),
         ("Flag rule", None if info["min_inflation_factor"] is None else
-         f"inflation factor ≥ {info['min_inflation_factor']:g} and repeat fraction ≥ {info['min_repeat_fraction']:g}"),
+         f"inflation factor ≥ {info['min_inflation_factor']:g} and repeat fraction ≥ {info['min_repeat_fraction']:g}"
+         + ("" if info["max_qvalue"] is None else
+            f" and partner q-value ≤ {info['max_qvalue']:g} (partners vs {info['null_draws']} random co-mask draws, "
+            "one-sided Wilcoxon signed-rank, Benjamini-Hochberg across the run)")),
     ]
     parts.append("<h2>Run summary</h2><table class=\"summary\"><tbody>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary_rows) + "</tbody></table>")

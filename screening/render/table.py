@@ -11,7 +11,7 @@ class Column:
     key: str  # field of a flagged row (sequences table)
     short: str  # terminal header
     title: str  # markdown / HTML header
-    digits: int | None = None  # decimals for floats; None: shown as is
+    digits: int | str | None = None  # decimals for floats; "g": two significant digits; None: as is
     width: int = 8  # terminal width
 
 
@@ -22,6 +22,7 @@ FLAGGED_COLUMNS = (
     Column("pppl_ablated", "pppl_abl", "pppl ablated", 2),
     Column("inflation_factor", "infl_fac", "inflation factor", 2),
     Column("repeat_fraction", "rep_frac", "repeat fraction", 2),
+    Column("partner_qvalue", "q_value", "q-value (partners vs random)", "g", 8),
     Column("mean_copy_following", "copy_f", "copy-following", 2, 7),  # '-' without diagnostics
 )
 
@@ -30,6 +31,8 @@ def _value(row: dict, column: Column) -> str:
     value = row.get(column.key)
     if value is None:
         return "-"
+    if column.digits == "g":  # q-values span decades: two significant digits
+        return f"{value:.2g}"
     return f"{value:.{column.digits}f}" if column.digits is not None else str(value)
 
 

@@ -4,7 +4,8 @@
   id), plans shards balanced by cost and registers run and shards in the catalog;
 - ``process_shard`` scores one shard and writes its files atomically, then marks it done; a shard
   the catalog already has as done is skipped, so a rerun or a recomputed task never duplicates;
-- ``finalize_run`` closes the run in the catalog and collects the flagged sequences.
+- ``finalize_run`` closes the run in the catalog, applies the flag rule's run-wide q-value
+  (Benjamini-Hochberg over the run's partner tests) and writes the run's verdicts.
 ``run_screen`` chains them in this process; ``flows/`` runs ``process_shard`` on Dask workers."""
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class ShardManifest:
     shard: int
     n_sequences: int
     n_residues: int
-    n_flagged: int
+    n_flagged: int  # effect-flagged; the flag itself needs the run-wide q-value (finalize_run)
     files: tuple[str, ...]
     seconds: float
     skipped: bool  # already done in the catalog
@@ -126,7 +127,7 @@ def process_shard(
         raise
     seconds = time.perf_counter() - started
     catalog.mark_shard_done(plan.run_id, shard, [str(f) for f in files], seconds)
-    n_flagged = sum(tables.sequences.column("flagged").to_pylist())
+    n_flagged = sum(tables.sequences.column("effect_flagged").to_pylist())  # before the run-wide q-value
     counts = tables.counts
     return ShardManifest(shard, len(records), n_residues, n_flagged, tuple(str(f) for f in files), seconds, False,
                          counts.scored, counts.reused, counts.duplicates, counts.rediagnosed)
@@ -138,13 +139,12 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
 
     with plan.open_catalog() as catalog:
         catalog.finish_run(plan.run_id, "failed" if failed else "done")
-    flagged: list[dict] = []
-    origins: list[str | None] = []
-    files = run_parts(plan.store, "sequences", plan.model_name, plan.run_id)
-    for path in files:
-        rows = pq.read_table(path).to_pylist()
-        flagged += [row for row in rows if row["flagged"]]
-        origins += [row.get("reused_from_run") for row in rows]
+    rows: list[dict] = []
+    for path in run_parts(plan.store, "sequences", plan.model_name, plan.run_id):
+        rows += pq.read_table(path).to_pylist()
+    origins = [row.get("reused_from_run") for row in rows]
+    write_verdicts(plan, rows)
+    flagged = [row for row in rows if row["flagged"]]
     summary = ScreenSummary(
         out_dir=plan.store,
         run_id=plan.run_id,
@@ -177,6 +177,29 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     except StoreError:
         pass
     return summary
+
+
+def write_verdicts(plan: RunPlan, rows: list[dict]) -> None:
+    """The run-wide part of the flag: BH q-values over the partner p-values of the run's sequences
+    (its family: every tested sequence, whatever the mode), then the whole rule. Adds
+    ``partner_qvalue`` and ``flagged`` to ``rows`` and writes them, atomically, to
+    STORE/runs/<run>/verdicts.parquet, which the ``sequences`` view joins."""
+    import pyarrow as pa
+
+    from plmscreen.schema.arrow import VERDICTS_SCHEMA
+    from plmscreen.screening.score.metrics import bh_qvalues
+    from plmscreen.screening.store.layout import verdicts_path
+    from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
+
+    rule = plan.settings.flag
+    for row, q in zip(rows, bh_qvalues([row["partner_pvalue"] for row in rows])):
+        row["partner_qvalue"] = q
+        row["flagged"] = rule.flags(row["inflation_factor"], row["repeat_fraction"], q)
+    table = pa.Table.from_pylist([{"run": plan.run_id, "seq_id": row["seq_id"], "partner_qvalue": row["partner_qvalue"],
+                                   "flagged": row["flagged"]} for row in rows], schema=VERDICTS_SCHEMA)
+    path = verdicts_path(plan.store, plan.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(with_metadata(table, plan.metadata), path)
 
 
 def run_screen(

@@ -13,10 +13,13 @@ Where they come from:
   later shard is copied from the shard of its first copy when that shard is done (shards run at
   the same time never wait for each other, so such a copy may be scored twice on a cluster).
 
-What is not copied: ``flagged`` is recomputed under this run's flag rule from the copied numbers.
-The diagnostics columns exist only for flagged sequences of runs with diagnostics on: copied where
-the source has them, computed now (diagnostics only, no rescoring) for sequences this run's rule
-flags and the source did not, and null where this run does not want them.
+What is not copied: ``effect_flagged`` is recomputed under this run's flag rule from the copied
+numbers, and the q-value and flag are the run's own (finalize_run). The partner test's null
+co-masks are copied where the source tested the sequence (same draws: seeded by the sequence, and
+``null_draws`` is in the reuse key) and computed now otherwise. The copy-following columns exist
+only for effect-flagged sequences of runs with diagnostics on: copied where the source has them,
+computed now for sequences this run's rule flags and the source did not, and null where this run
+does not want them.
 
 A copied row records in ``sequences.reused_from_run`` the run that scored it (followed through
 copies of copies). Reuse happens inside a shard's task, between claiming the shard and writing
@@ -178,5 +181,5 @@ def load_stored(sources: Mapping[str, ReuseSource]) -> dict[str, StoredSequence]
             if res.num_rows != row["length"] or res.column("pos").to_pylist() != list(range(1, row["length"] + 1)):
                 continue
             stored[sha] = StoredSequence(row, res, repeats[source.seq_id], row["reused_from_run"] or source.run_id,
-                                         source.diagnostics and row["flagged"])
+                                         source.diagnostics and row["effect_flagged"])
     return stored

@@ -94,12 +94,13 @@ class ScreenSettings:
     def reuse_key(self) -> dict:
         """What stored scores must have been computed with to be copied into this screen (with the
         same checkpoint sha256 and plmscreen version, see screening/run/reuse.py): the identity
-        without the flag rule and the diagnostics switch. The rule only decides ``flagged``, which
-        is recomputed from the copied numbers; diagnostics are copied, computed or left null per
+        without the flag rule (but its ``null_draws``, which decide the stored null co-masks) and the
+        diagnostics switch. The thresholds only decide the flag, recomputed from the copied numbers; diagnostics are copied, computed or left null per
         sequence. Triage masks only sequences whose repeat fraction reaches the rule's
         ``min_repeat_fraction``, so in triage mode that threshold changes the numbers: it is kept."""
         key = self.identity()
         del key["flag"], key["diagnostics"]
+        key["null_draws"] = self.flag.null_draws  # decides the stored null co-masks
         if self.mode == "triage":
             key["triage_min_repeat_fraction"] = self.flag.min_repeat_fraction
         return key

@@ -12,8 +12,8 @@ import pyarrow as pa
 from plmscreen.schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
 from plmscreen.screening.input import ProteinRecord
 from plmscreen.screening.run.reuse import StoredSequence
-from plmscreen.screening.score.diagnostics import ResidueDiagnostics, residue_diagnostics
-from plmscreen.screening.score.metrics import FlagRule, could_flag, summarize
+from plmscreen.screening.score.diagnostics import copy_following, null_comask
+from plmscreen.screening.score.metrics import FlagRule, partner_pvalue, summarize
 from plmscreen.screening.score.repeats import RepeatParams, find_repeats, partner_details
 from plmscreen.screening.score.scorer import Scorer, SequenceScores
 from plmscreen.screening.store.layout import part_file
@@ -35,11 +35,12 @@ def _floats(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-DIAGNOSTIC_COLUMNS = ("logp_random_comask", "net_inflation", "copy_following", "planted_residue")
+NULL_COLUMNS = ("logp_random_comask", "net_inflation")  # the partner test's residue columns
+FOLLOW_COLUMNS = ("copy_following", "planted_residue")  # the copy-following diagnostics'
 
 
 def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> dict:
-    """A scored sequence's residue columns, diagnostics left out (``_diagnostic_columns``)."""
+    """A scored sequence's residue columns; the partner test's and diagnostics' are added later."""
     length = len(record.sequence)
     inflation = scores.logp_masked - scores.logp_ablated  # NaN without partners or where unscored
     return {
@@ -57,17 +58,6 @@ def _residue_columns(record: ProteinRecord, scores: SequenceScores, details) -> 
     }
 
 
-def _diagnostic_columns(diag: ResidueDiagnostics | None, logp_ablated: np.ndarray) -> tuple[dict, dict]:
-    """The diagnostics' residue columns and sequence means (all null without diagnostics)."""
-    if diag is None:
-        return {name: [None] * len(logp_ablated) for name in DIAGNOSTIC_COLUMNS}, \
-            {"mean_net_inflation": None, "mean_copy_following": None}
-    net = diag.logp_random_comask - logp_ablated
-    return ({"logp_random_comask": _nullable(diag.logp_random_comask), "net_inflation": _nullable(net),
-             "copy_following": _nullable(diag.copy_following), "planted_residue": list(diag.substitute)},
-            {"mean_net_inflation": _mean_or_none(net), "mean_copy_following": _mean_or_none(diag.copy_following)})
-
-
 def _mean_or_none(values: np.ndarray) -> float | None:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else None
@@ -81,8 +71,8 @@ class _SequenceResult:
     row: dict  # its sequences row
     repeats: list[dict]  # its repeat region pairs
     partners: list[tuple[int, ...]]  # 0-based partner map (for diagnostics)
-    flagged: bool  # under this run's rule
-    has_diagnostics: bool  # the residue columns already hold its diagnostics
+    effect_flagged: bool  # the effect-size conditions of this run's rule
+    has_diagnostics: bool  # the residue columns already hold its copy-following diagnostics
     origin: str | None  # the run that scored it; None: this shard
 
 
@@ -94,6 +84,7 @@ class ShardCounts:
     reused: int = 0  # records copied from an earlier run
     duplicates: int = 0  # records copied from another record of this run with the same residues
     rediagnosed: int = 0  # copied sequences this run's rule flags whose diagnostics were computed here
+    retested: int = 0  # copied sequences whose partner test was computed here (not tested where they were scored)
 
 
 def score_shard(
@@ -141,7 +132,7 @@ def score_shard(
         residues = source.residues.to_pydict()
         results[k] = _SequenceResult(
             residues, dict(row), source.repeats.to_pylist(), [tuple(p - 1 for p in ps) for ps in residues["partner_pos"]],
-            row["inflation_factor"] is not None and flag_rule.flags(row["inflation_factor"], row["repeat_fraction"]),
+            flag_rule.effect_flags(row["inflation_factor"], row["repeat_fraction"]),
             source.has_diagnostics, source.origin)
         if on_sequence_done is not None:
             for f in followers[k]:
@@ -154,7 +145,7 @@ def score_shard(
     partnered = [np.array([bool(p) for p in ps], dtype=bool) for ps in partners0]
     positions = None
     if mode == "triage":
-        positions = [np.flatnonzero(m).tolist() if could_flag(float(m.mean()), flag_rule) else [] for m in partnered]
+        positions = [np.flatnonzero(m).tolist() if flag_rule.needs_test(float(m.mean())) else [] for m in partnered]
     callback = None if on_sequence_done is None else \
         (lambda s, _scores: [on_sequence_done(records[f]) for f in followers[fresh[s]]])
     scores = get_scorer().score([r.sequence for r in fresh_records], partners0, callback, positions) if fresh else []
@@ -165,22 +156,46 @@ def score_shard(
                "windowed": seq_scores.windowed, "sequence_sha256": record.sha256, "mode": mode}
         results[k] = _SequenceResult(_residue_columns(record, seq_scores, details[s]), row,
                                      repeat_table([record], [regions[s]]).to_pylist(), partners0[s],
-                                     summary.flagged, False, None)
+                                     summary.effect_flagged, False, None)
 
-    # Diagnostics for the flagged sequences that do not carry them yet (scored here, or copied
-    # from a run whose rule did not flag them or that ran without diagnostics).
+    # The partner test for every sequence the rule tests (the run's BH family), unless its rows,
+    # copied from an earlier run, already hold the null co-masks; then copy-following diagnostics
+    # for the effect-flagged sequences that do not carry them yet.
     counts = ShardCounts()
-    need = [k for k in distinct if diagnostics and results[k].flagged and not results[k].has_diagnostics]
-    computed = dict(zip(need, residue_diagnostics(get_scorer(), [records[k].sequence for k in need],
-                                                  [results[k].partners for k in need]))) if need else {}
+    tested = {k for k in distinct if results[k].row["inflation_factor"] is not None
+              and flag_rule.needs_test(results[k].row["repeat_fraction"])}
+    need_null = [k for k in sorted(tested) if not _has_null_comask(results[k])]
+    nulls = dict(zip(need_null, null_comask(get_scorer(), [records[k].sequence for k in need_null],
+                                            [results[k].partners for k in need_null], flag_rule.null_draws))) \
+        if need_null else {}
+    need_follow = [k for k in distinct if diagnostics and results[k].effect_flagged and not results[k].has_diagnostics]
+    follows = dict(zip(need_follow, copy_following(get_scorer(), [records[k].sequence for k in need_follow],
+                                                   [results[k].partners for k in need_follow]))) if need_follow else {}
     for k in distinct:
         result = results[k]
-        if not (diagnostics and result.flagged and result.has_diagnostics):
-            columns, means = _diagnostic_columns(computed.get(k), _floats(result.residues["logp_ablated"]))
-            result.residues.update(columns)
-            result.row.update(means)
-            counts.rediagnosed += k in copied and k in computed
-        result.row["flagged"] = result.flagged
+        ablated = _floats(result.residues["logp_ablated"])
+        if k in nulls:
+            result.residues["logp_random_comask"] = _nullable(nulls[k][0])
+            result.residues["net_inflation"] = _nullable(nulls[k][0] - ablated)
+            counts.retested += k in copied
+        elif k not in tested:
+            result.residues["logp_random_comask"] = result.residues["net_inflation"] = [None] * len(ablated)
+        if k in tested:
+            rand = _floats(result.residues["logp_random_comask"])
+            partnered_res = ~np.isnan(ablated)
+            result.row["partner_pvalue"] = partner_pvalue(rand[partnered_res], ablated[partnered_res])
+            result.row["mean_net_inflation"] = _mean_or_none(rand - ablated)
+        else:
+            result.row["partner_pvalue"] = result.row["mean_net_inflation"] = None
+        if k in follows:
+            result.residues["copy_following"] = _nullable(follows[k][0])
+            result.residues["planted_residue"] = list(follows[k][1])
+            result.row["mean_copy_following"] = _mean_or_none(follows[k][0])
+            counts.rediagnosed += k in copied
+        elif not (diagnostics and result.effect_flagged and result.has_diagnostics):
+            result.residues["copy_following"] = result.residues["planted_residue"] = [None] * len(ablated)
+            result.row["mean_copy_following"] = None
+        result.row["effect_flagged"] = result.effect_flagged
 
     residue_cols = {name: [] for name in RESIDUES_SCHEMA.names}
     sequence_rows, repeat_rows = [], []
@@ -200,6 +215,14 @@ def score_shard(
         repeats=pa.Table.from_pylist(repeat_rows, schema=REPEATS_SCHEMA),
         counts=counts,
     )
+
+
+def _has_null_comask(result: _SequenceResult) -> bool:
+    """Whether a (copied) sequence's residues hold ℓ^rand at every partnered residue."""
+    rand = result.residues.get("logp_random_comask")
+    if rand is None:
+        return False
+    return all(r is not None for r, a in zip(rand, result.residues["logp_ablated"]) if a is not None)
 
 
 def repeat_table(records: Sequence[ProteinRecord], regions: Sequence[Sequence]) -> pa.Table:

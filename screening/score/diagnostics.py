@@ -9,8 +9,10 @@ For a residue i with partners π(i):
   the standard residue the model finds least likely at i when the partners are masked too. C_i near
   1 means the prediction at i follows whatever the partner copy says; near 0, it ignores it.
 
-They cost 2 + null_draws forwards per partnered residue, so screens compute them only for flagged
-sequences. Draws are seeded by the sequence, so reruns give the same numbers.
+The null co-masks (null_draws forwards per partnered residue) feed the flag rule's partner test
+(metrics.partner_pvalue), so screens compute them for every tested sequence; copy-following (2
+forwards per partnered residue) only for effect-flagged ones. Draws are seeded by the sequence, so
+reruns give the same numbers.
 """
 
 from __future__ import annotations
@@ -55,55 +57,72 @@ def planted_residue(truth: str, partner_residues: Sequence[str], ablated_logp: n
     return min((aa for aa in STANDARD if aa != truth), key=lambda aa: (at_partners[aa], rank[aa]))
 
 
-def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequence[Sequence[Sequence[int]]],
-                        null_draws: int = 2) -> list[ResidueDiagnostics]:
-    """Diagnostics for every partnered residue of ``sequences`` (0-based partner map, as ``score``)."""
+def null_comask(scorer: Scorer, sequences: Sequence[str], partners: Sequence[Sequence[Sequence[int]]],
+                null_draws: int) -> list[tuple[np.ndarray, dict[int, list[tuple[int, ...]]]]]:
+    """ℓ_i^rand for every partnered residue of ``sequences`` (0-based partner map, as ``score``):
+    log P(x_i) with i and |π(i)| random non-partner positions masked, averaged over ``null_draws``
+    seeded draws (NaN where the residue has no partner), and the co-mask sets drawn (audit)."""
     if null_draws < 1:
         raise ValueError(f"null_draws must be >= 1, got {null_draws}")
-    standard_cols = [scorer.token_index(a) for a in STANDARD]
-    out = [ResidueDiagnostics(np.full(len(q), np.nan), np.full(len(q), np.nan), [None] * len(q), {}) for q in sequences]
-    # Pass 1: null co-masks, and the partner-ablated distribution at i (to choose b).
+    out = [(np.full(len(q), np.nan), {}) for q in sequences]
     probes: list[Probe] = []
-    plan: list[tuple[int, int, int, int]] = []  # (seq, residue, first probe, n null probes)
+    plan: list[tuple[int, int, int]] = []  # (seq, residue, first probe)
     for s, (sequence, seq_partners) in enumerate(zip(sequences, partners)):
         rng = _rng(sequence)
         length = len(sequence)
         for i, mates in enumerate(seq_partners):
             if not mates:
                 continue
-            first = len(probes)
-            probes.append(Probe(s, tuple(sorted({i, *mates})), (i,)))
+            plan.append((s, i, len(probes)))
             excluded = {i, *mates}
             pool = np.setdiff1d(np.arange(length), np.fromiter(excluded, dtype=int))
             k = min(len(mates), len(pool))
             for _ in range(null_draws):
                 extra = rng.choice(pool, size=k, replace=False) if k else np.array([], dtype=int)
                 probes.append(Probe(s, tuple(sorted({i, *extra.tolist()})), (i,)))
-                out[s].null_masks.setdefault(i, []).append(probes[-1].masked)
-            plan.append((s, i, first, null_draws))
-    rows = scorer.probe(sequences, probes)
+                out[s][1].setdefault(i, []).append(probes[-1].masked)
+    rows = scorer.probe(sequences, probes) if probes else []
+    for s, i, first in plan:
+        col = scorer.token_index(sequences[s][i])
+        out[s][0][i] = float(np.mean([rows[first + d][0, col] for d in range(null_draws)]))
+    return out
 
+
+def copy_following(scorer: Scorer, sequences: Sequence[str], partners: Sequence[Sequence[Sequence[int]]]
+                   ) -> list[tuple[np.ndarray, list[str | None]]]:
+    """C_i and the planted residue b for every partnered residue (NaN / None elsewhere)."""
+    standard_cols = [scorer.token_index(a) for a in STANDARD]
+    out = [(np.full(len(q), np.nan), [None] * len(q)) for q in sequences]
+    probes: list[Probe] = []
+    plan: list[tuple[int, int]] = []
+    for s, seq_partners in enumerate(partners):
+        for i, mates in enumerate(seq_partners):
+            if mates:
+                plan.append((s, i))
+                probes.append(Probe(s, tuple(sorted({i, *mates})), (i,)))
+    rows = scorer.probe(sequences, probes) if probes else []
     mutated: list[str] = []
     follow_probes: list[Probe] = []
-    for n, (s, i, first, draws) in enumerate(plan):
+    for n, (s, i) in enumerate(plan):
         sequence = sequences[s]
-        truth = sequence[i]
-        null_logp = [rows[first + 1 + d][0, scorer.token_index(truth)] for d in range(draws)]
-        out[s].logp_random_comask[i] = float(np.mean(null_logp))
-        ablated = rows[first][0, standard_cols]
         mates = partners[s][i]
-        b = planted_residue(truth, [sequence[j] for j in mates], ablated)
-        out[s].substitute[i] = b
+        b = planted_residue(sequence[i], [sequence[j] for j in mates], rows[n][0, standard_cols])
+        out[s][1][i] = b
         chars = list(sequence)
         for j in mates:
             chars[j] = b
         mutated.append("".join(chars))
         follow_probes.append(Probe(n, (i,), (i,)))
     followed = scorer.probe(mutated, follow_probes) if follow_probes else []
-    for n, (s, i, first, _) in enumerate(plan):
-        b = out[s].substitute[i]
-        col = scorer.token_index(b)
-        p_follow = float(np.exp(followed[n][0, col]))
-        p_alone = float(np.exp(rows[first][0, col]))
-        out[s].copy_following[i] = p_follow - p_alone
+    for n, (s, i) in enumerate(plan):
+        col = scorer.token_index(out[s][1][i])
+        out[s][0][i] = float(np.exp(followed[n][0, col])) - float(np.exp(rows[n][0, col]))
     return out
+
+
+def residue_diagnostics(scorer: Scorer, sequences: Sequence[str], partners: Sequence[Sequence[Sequence[int]]],
+                        null_draws: int = 2) -> list[ResidueDiagnostics]:
+    """Both diagnostics for every partnered residue of ``sequences`` (0-based partner map, as ``score``)."""
+    nulls = null_comask(scorer, sequences, partners, null_draws)
+    follows = copy_following(scorer, sequences, partners)
+    return [ResidueDiagnostics(logp, follow, planted, masks) for (logp, masks), (follow, planted) in zip(nulls, follows)]

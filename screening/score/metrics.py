@@ -8,19 +8,27 @@ Definitions (docs/science.md):
   triage mode, which scores masked and ablated only at partnered residues of sequences that
   could be flagged, reaches the same verdict as exact mode (its pll/pppl stay unknown).
 
-Default flag rule (both thresholds are parameters): a sequence is flagged when at least
-``min_repeat_fraction`` of its residues have partners and the repeats make its pseudo-perplexity
-look at least ``min_inflation_factor`` times better than with the partner copies masked.
-The defaults come from ``bench/calibrate_flag.py`` (bench/results/calibration_plmscreen-mini.md):
-1.05 is the most sensitive factor with no flag on 500 repeat-free proteins (shuffles, decoys) and
-above the 99th percentile of the factor where the detector finds spurious partners; 0.05 binds on
-none of the calibration sets and keeps triage cheap. Inflation is model-specific: recalibrate
-with the model a screen uses.
+Flag rule (every threshold is a parameter): a sequence is flagged when
+1. at least ``min_repeat_fraction`` of its residues have partners,
+2. the repeats make its pseudo-perplexity look at least ``min_inflation_factor`` times better
+   than with the partner copies masked (the effect size), and
+3. the partners matter more than random positions: co-masking each partnered residue's partners
+   lowers log P(x_i) more than co-masking as many random non-partner positions (``null_draws``
+   seeded draws, averaged), by a one-sided Wilcoxon signed-rank test over the partnered residues
+   (``partner_pvalue``), with a Benjamini-Hochberg q-value across the run at most ``max_qvalue``.
+The test is run for every sequence that conditions 1 could let through (``needs_test``), in exact
+and triage mode alike, so the BH family, and therefore the flags, do not depend on the mode or on
+the effect-size threshold. Condition 3 is what keeps the flag's meaning across models: an extra
+mask moves ESM-2's scores by itself (token dropout), and a model that cannot copy gains nothing
+from the partner that it would not gain from any position.
+The effect-size defaults come from ``bench/calibrate_flag.py`` (bench/results/calibration_*.md);
+``plmscreen calibrate`` re-derives them for another model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,27 +38,83 @@ import numpy as np
 class FlagRule:
     min_inflation_factor: float = 1.05
     min_repeat_fraction: float = 0.05
+    max_qvalue: float = 0.05
+    # Random co-mask draws per partnered residue for the partner test (seeded by the sequence).
+    null_draws: int = 4
 
-    # The rule itself, once: each condition is "sequences column >= rule field". flags() evaluates
-    # it in Python while scoring; sql() renders it for the `reflag` named query, so re-flagging a
-    # stored run in SQL cannot drift from how the run was flagged.
-    CONDITIONS = (("repeat_fraction", "min_repeat_fraction"), ("inflation_factor", "min_inflation_factor"))
+    # The rule itself, once: each condition is (sequences column, comparison, rule field). flags()
+    # evaluates it in Python; sql() renders it for the `reflag` named query, so re-flagging a stored
+    # run in SQL cannot drift from how the run was flagged. EFFECT is what a shard can decide on its
+    # own; the q-value needs the whole run (Benjamini-Hochberg), so it is applied when the run ends.
+    EFFECT = (("repeat_fraction", ">=", "min_repeat_fraction"), ("inflation_factor", ">=", "min_inflation_factor"))
+    CONDITIONS = EFFECT + (("partner_qvalue", "<=", "max_qvalue"),)
 
     def __post_init__(self):
         if self.min_inflation_factor < 1.0:
             raise ValueError(f"min_inflation_factor must be >= 1, got {self.min_inflation_factor}")
         if not 0.0 <= self.min_repeat_fraction <= 1.0:
             raise ValueError(f"min_repeat_fraction must be in [0, 1], got {self.min_repeat_fraction}")
+        if not 0.0 < self.max_qvalue <= 1.0:
+            raise ValueError(f"max_qvalue must be in (0, 1], got {self.max_qvalue}")
+        if self.null_draws < 1:
+            raise ValueError(f"null_draws must be >= 1, got {self.null_draws}")
 
-    def flags(self, inflation_factor: float | None, repeat_fraction: float | None) -> bool:
-        values = {"inflation_factor": inflation_factor, "repeat_fraction": repeat_fraction}
-        return all(values[column] is not None and values[column] >= getattr(self, field)
-                   for column, field in self.CONDITIONS)
+    def _holds(self, conditions, values: dict) -> bool:
+        return all(values[column] is not None and _COMPARE[op](values[column], getattr(self, field))
+                   for column, op, field in conditions)
+
+    def effect_flags(self, inflation_factor: float | None, repeat_fraction: float | None) -> bool:
+        """The effect-size conditions (what one shard can decide)."""
+        return self._holds(self.EFFECT, {"inflation_factor": inflation_factor, "repeat_fraction": repeat_fraction})
+
+    def flags(self, inflation_factor: float | None, repeat_fraction: float | None, partner_qvalue: float | None) -> bool:
+        return self._holds(self.CONDITIONS, {"inflation_factor": inflation_factor, "repeat_fraction": repeat_fraction,
+                                             "partner_qvalue": partner_qvalue})
+
+    def needs_test(self, repeat_fraction: float) -> bool:
+        """Whether a sequence with this repeat fraction gets the partner test (and, in triage mode,
+        masked and ablated scores at its partnered residues): the BH family of the run."""
+        return could_flag(repeat_fraction, self)
 
     @classmethod
     def sql(cls, row: str, rule: str) -> str:
         """The rule as a SQL predicate over ``row``'s columns and ``rule``'s thresholds (NULL: not flagged)."""
-        return " AND ".join(f"coalesce({row}.{column} >= {rule}.{field}, false)" for column, field in cls.CONDITIONS)
+        return " AND ".join(f"coalesce({row}.{column} {op} {rule}.{field}, false)" for column, op, field in cls.CONDITIONS)
+
+
+_COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}
+
+
+def partner_pvalue(logp_random_comask: np.ndarray, logp_ablated: np.ndarray) -> float | None:
+    """P-value for "co-masking the partners lowers log P(x_i) more than co-masking as many random
+    positions": one-sided Wilcoxon signed-rank test of ℓ_i^rand − ℓ_i^abl > 0 over the partnered
+    residues (the arrays hold only those; NaN entries are ignored). None without any residue.
+
+    A signed-rank test, not a t-test: per-residue differences are heavy-tailed (a few residues of a
+    copy carry most of the look-up). Residues with no difference carry no evidence either way and
+    are dropped (scipy's zero_method="wilcox"); a sequence with no nonzero difference gets p = 1."""
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(logp_random_comask, dtype=np.float64) - np.asarray(logp_ablated, dtype=np.float64)
+    diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return None
+    if not np.any(diff != 0):
+        return 1.0
+    return float(wilcoxon(diff, alternative="greater", zero_method="wilcox").pvalue)
+
+
+def bh_qvalues(pvalues: "Sequence[float | None]") -> list[float | None]:
+    """Benjamini-Hochberg q-values over the non-null p-values (None stays None): the run's family."""
+    from scipy.stats import false_discovery_control
+
+    known = [k for k, p in enumerate(pvalues) if p is not None]
+    out: list[float | None] = [None] * len(pvalues)
+    if known:
+        q = false_discovery_control(np.array([pvalues[k] for k in known], dtype=np.float64), method="bh")
+        for k, value in zip(known, q):
+            out[k] = float(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,7 +128,7 @@ class SequenceSummary:
     inflation_factor: float | None  # None only where partnered residues were left unscored
     mean_inflation: float | None
     max_inflation: float | None
-    flagged: bool
+    effect_flagged: bool  # the rule's effect-size conditions hold; the flag also needs the run's q-value
 
 
 def summarize(
@@ -100,7 +164,7 @@ def summarize(
         inflation_factor=inflation_factor,
         mean_inflation=float(inflation.mean()) if inflation.size and inflation_known else None,
         max_inflation=float(inflation.max()) if inflation.size and inflation_known else None,
-        flagged=inflation_factor is not None and rule.flags(inflation_factor, repeat_fraction),
+        effect_flagged=inflation_factor is not None and rule.effect_flags(inflation_factor, repeat_fraction),
     )
 
 

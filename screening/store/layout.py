@@ -15,7 +15,9 @@ from plmscreen.schema.arrow import METADATA_KEY
 from plmscreen.screening.errors import SchemaVersionError, StoreError
 
 DATABASE_NAME = "plmscreen.duckdb"
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
+# Version 4 moved the final flag out of the shard files (verdicts.parquet, the run-wide q-value):
+# a version-3 `flagged` column would mean something else, so older runs must be re-screened.
+SUPPORTED_SCHEMA_VERSIONS = frozenset({4})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
@@ -148,3 +150,8 @@ def run_info_dir(store: Path, run_id: str) -> Path:
 
 def run_json_path(store: Path, run_id: str) -> Path:
     return run_info_dir(store, run_id) / "run.json"
+
+
+def verdicts_path(store: Path, run_id: str) -> Path:
+    """STORE/runs/<run_id>/verdicts.parquet: the run-wide q-values and flags, written when it ends."""
+    return run_info_dir(store, run_id) / "verdicts.parquet"

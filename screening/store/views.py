@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 import duckdb
-from plmscreen.schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA
+import pyarrow as pa
+from plmscreen.schema.arrow import REPEATS_SCHEMA, RESIDUES_SCHEMA, SEQUENCES_SCHEMA, VERDICTS_SCHEMA
 from plmscreen.screening.errors import StoreError
 from plmscreen.screening.store.guard import _first_line
 from plmscreen.screening.store.layout import (
@@ -30,6 +31,8 @@ def _sql_literal_path(path: Path) -> str:
 
 
 _TABLE_SCHEMAS = {"residues": RESIDUES_SCHEMA, "sequences": SEQUENCES_SCHEMA, "repeats": REPEATS_SCHEMA}
+# Columns a view adds after its table's own: sequences joins the run's verdicts (02_sequences.sql).
+_JOINED = {"sequences": pa.schema([f for f in VERDICTS_SCHEMA if f.name not in ("run", "seq_id")])}
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,7 +41,10 @@ def _empty_view_sql(view: str) -> str:
     Arrow schema (the data contract, schema.arrow), typed as DuckDB reads them from Parquet."""
     con = duckdb.connect()
     try:
-        empty = _TABLE_SCHEMAS[view].empty_table()  # noqa: F841 - read by name below
+        schema = _TABLE_SCHEMAS[view]
+        for joined in _JOINED.get(view, []):
+            schema = schema.append(joined)
+        empty = schema.empty_table()  # noqa: F841 - read by name below
         columns = con.execute("DESCRIBE SELECT * FROM empty").fetchall()
     finally:
         con.close()
