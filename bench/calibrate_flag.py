@@ -114,6 +114,7 @@ def score_sets(scorer: Scorer, sets: dict, pvalue: float) -> dict[str, list[dict
         qvalues = bh_qvalues([row["partner_pvalue"] for row in rows])
         out[name] = [{"seq_id": row["seq_id"], "repeat_fraction": row["repeat_fraction"],
                       "inflation_factor": row["inflation_factor"], "partner_pvalue": row["partner_pvalue"],
+                      "mean_net_inflation": row["mean_net_inflation"],
                       "partner_qvalue": q, **labels}
                      for row, q, (_, labels) in zip(rows, qvalues, items)]
     return out
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--max-null-rate", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pvalues", type=float, nargs="+", default=list(PVALUES), help="detector thresholds to sweep")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="no choice: report the rates of the current default rule (for models that should not flag, e.g. random weights)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
@@ -173,7 +177,7 @@ def main() -> None:
     scorer = Scorer(loaded, ScoringOptions())
     started = time.perf_counter()
     grid, scored_by_p = [], {}
-    for p in PVALUES:
+    for p in args.pvalues:
         scored = score_sets(scorer, sets, p)
         scored_by_p[p] = scored
         for factor in FACTORS:
@@ -190,6 +194,9 @@ def main() -> None:
     spurious_q99 = float(np.quantile(spurious, 0.99)) if spurious else 1.0
     candidates = [g for g in grid if g["max_pvalue"] == detector_p and g["min_repeat_fraction"] == defaults.min_repeat_fraction
                   and g["null_upper95"] <= args.max_null_rate and g["min_inflation_factor"] > spurious_q99]
+    if args.evaluate_only:
+        candidates = [next(g for g in grid if g["max_pvalue"] == detector_p and g["min_inflation_factor"] == defaults.min_inflation_factor
+                           and g["min_repeat_fraction"] == defaults.min_repeat_fraction)]
     if not candidates:
         raise SystemExit(f"no rule meets the null criteria with {n_null} repeat-free sequences "
                          f"(upper bound <= {args.max_null_rate}); enlarge the sets or relax --max-null-rate")

@@ -48,6 +48,9 @@ def test_partner_pvalue_equals_the_exact_signed_rank_distribution():
     rand, ablated = np.array([1.0, 2.0, np.nan, 0.5, 3.0]), np.array([0.0, 0.0, 1.0, 0.5, 2.5])
     assert partner_pvalue(rand, ablated) == pytest.approx(exact_signed_rank_p(np.array([1.0, 2.0, 0.5])))
     assert partner_pvalue(np.zeros(4), np.zeros(4)) == 1.0
+    # The margin shifts every difference: p(d, margin) = p(d - margin, 0).
+    rand, ablated = rng.normal(size=9), rng.normal(size=9)
+    assert partner_pvalue(rand, ablated, 0.3) == pytest.approx(exact_signed_rank_p(rand - ablated - 0.3), rel=1e-9)
     assert partner_pvalue(np.array([np.nan]), np.array([1.0])) is None
 
 
@@ -114,7 +117,8 @@ def test_pvalues_qvalues_and_flags_of_a_run(screened):
     from scipy.stats import wilcoxon
 
     for row in tested:  # the p-value, recomputed from the stored residue columns
-        diff = np.array([r["logp_random_comask"] - r["logp_ablated"] for r in residues if r["seq_id"] == row["seq_id"]])
+        diff = np.array([r["logp_random_comask"] - r["logp_ablated"] - rule.min_net_inflation
+                         for r in residues if r["seq_id"] == row["seq_id"]])
         want = 1.0 if not np.any(diff != 0) else wilcoxon(diff[diff != 0], alternative="greater").pvalue
         assert row["partner_pvalue"] == pytest.approx(want, rel=1e-9)
     q = hand_bh([r["partner_pvalue"] for r in rows])

@@ -183,7 +183,8 @@ def score_shard(
         if k in tested:
             rand = _floats(result.residues["logp_random_comask"])
             partnered_res = ~np.isnan(ablated)
-            result.row["partner_pvalue"] = partner_pvalue(rand[partnered_res], ablated[partnered_res])
+            result.row["partner_pvalue"] = partner_pvalue(rand[partnered_res], ablated[partnered_res],
+                                                          flag_rule.min_net_inflation)
             result.row["mean_net_inflation"] = _mean_or_none(rand - ablated)
         else:
             result.row["partner_pvalue"] = result.row["mean_net_inflation"] = None
