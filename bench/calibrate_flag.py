@@ -45,6 +45,7 @@ import torch
 
 from common import machine
 from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
+from plmscreen.screening.experiments.calibration import upper_bound  # one-sided Clopper-Pearson, shared with `plmscreen calibrate`
 from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.score.repeats import RepeatParams
@@ -140,23 +141,6 @@ def evaluate(scored: dict, factor: float, fraction: float) -> dict:
         "pdb_ge40": flag_rate([r for r in pdb if r["max_unit_identity"] >= 0.4], factor, fraction),
         "pdb_lt40": flag_rate([r for r in pdb if r["max_unit_identity"] < 0.4], factor, fraction),
     }
-
-
-def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound of a rate seen k times in n."""
-    import math
-
-    if k >= n:
-        return 1.0
-
-    def cdf(p: float) -> float:  # P(X <= k) for X ~ Binomial(n, p)
-        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
-
-    lo, hi = k / n, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) > 1 - confidence else (lo, mid)
-    return hi
 
 
 def main() -> None:
