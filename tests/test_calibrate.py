@@ -313,3 +313,18 @@ def test_cli_summary_names_the_calibration_and_explicit_set_skips_it(calibrated,
     result = runner.invoke(app, [*common, "--out", str(tmp_path / "c"), "--calibration", record["id"],
                                  "--min-inflation-factor", "1.2"])
     assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+def test_a_flow_planning_the_run_again_applies_the_same_calibration(calibrated, tmp_path):
+    """The CLI plans the run, then the flow plans it again from plan.settings.to_dict() (a JSON
+    object, as deployments pass it): the same calibration, rule and run."""
+    from plmscreen.screening.run.plan import prepare_run
+    from plmscreen.screening.run.settings import ScreenSettings
+
+    record, _ = calibrated
+    first = prepare_run(_fasta(tmp_path), tmp_path / "store", ScreenSettings(model="plmscreen-mini", device="cpu"))
+    assert first.settings.calibration == record["id"] and first.metadata["calibration"]["id"] == record["id"]
+    again = prepare_run(_fasta(tmp_path), tmp_path / "store",
+                        ScreenSettings.from_dict(json.loads(json.dumps(first.settings.to_dict()))))
+    assert again.run_id == first.run_id and again.metadata["calibration"] == first.metadata["calibration"]
+    assert dataclasses.asdict(again.settings.flag) == record["flag_rule"]

@@ -180,7 +180,7 @@ def find_calibration(checkpoint_sha256: str, choice: str = "auto", store: str | 
                                ("user directory", lambda: directory_records(checkpoint_sha256=checkpoint_sha256))):
             found = records()
             if found:
-                return found[0], f"{where}: {found[0]['record_path']}" if where != "catalog" else "catalog"
+                return found[0], "catalog" if where == "catalog" else f"{where}: {found[0]['record_path']}"
         return None, None
     path = Path(choice).expanduser()
     if path.suffix == ".json" or path.is_file() or os.sep in choice:
@@ -191,7 +191,8 @@ def find_calibration(checkpoint_sha256: str, choice: str = "auto", store: str | 
         found = _catalog_lookup(store, catalog_url, calibration_id=choice)
         where = "catalog"
         if not found:
-            found, where = directory_records(calibration_id=choice), f"user directory: {user_calibrations_dir()}"
+            found = directory_records(calibration_id=choice)
+            where = f"user directory: {found[0]['record_path']}" if found else None
         if not found:
             raise CalibrationError(f"calibration {choice} is neither in the screen's catalog nor in "
                                    f"{user_calibrations_dir()} (${CALIBRATIONS_ENV}); pass its record's path")
