@@ -45,6 +45,7 @@ import torch
 
 from common import machine
 from common import ECOLI_FASTA, TANDEM_REPEATS, data_path, default_path, require
+from plmscreen.screening.experiments.calibration import upper_bound  # one-sided Clopper-Pearson, shared with `plmscreen calibrate`
 from plmscreen.screening.input import STANDARD_ALPHABET, ProteinRecord, read_fasta
 from plmscreen.screening.score.metrics import FlagRule, bh_qvalues
 from plmscreen.screening.score.repeats import RepeatParams
@@ -143,13 +144,6 @@ def evaluate(scored: dict, factor: float, fraction: float) -> dict:
         "pdb_ge40": flag_rate([r for r in pdb if r["max_unit_identity"] >= 0.4], factor, fraction),
         "pdb_lt40": flag_rate([r for r in pdb if r["max_unit_identity"] < 0.4], factor, fraction),
     }
-
-
-def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound of a rate seen k times in n."""
-    from scipy.stats import binomtest
-
-    return float(binomtest(k, n).proportion_ci(confidence_level=2 * confidence - 1, method="exact").high)
 
 
 def main() -> None:

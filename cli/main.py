@@ -72,6 +72,7 @@ def repeats(
     typer.echo(f"{len(contents.records)} sequences, {with_repeats} with repeats, {table.num_rows} region pairs -> {out}")
 
 
+from plmscreen.cli.calibrate import register as _register_calibrate_command  # noqa: E402
 from plmscreen.cli.screen import screen  # noqa: E402
 from plmscreen.cli.store import register as _register_store_commands  # noqa: E402
 from plmscreen.cli.validate import register as _register_validate_command  # noqa: E402
@@ -79,6 +80,7 @@ from plmscreen.cli.validate import register as _register_validate_command  # noq
 app.command()(screen)
 _register_store_commands(app)
 _register_validate_command(app)
+_register_calibrate_command(app)
 
 
 def main() -> None:

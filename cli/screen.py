@@ -28,6 +28,8 @@ def _print_summary(summary: dict) -> None:
         f"{len(summary['flagged'])} flagged."
     )
     typer.echo(f"Sequences: {reuse_line(summary)}")
+    if summary.get("calibration"):
+        typer.echo(f"Flag rule: {summary['calibration']['note']}")
     typer.echo(f"Run {summary['run_id']}: {summary['store']}/{{residues,sequences,repeats}}/model=*/run={summary['run_id']}/")
     if summary["rejects_file"]:
         typer.echo(f"Rejected records: {summary['rejects_file']}")
@@ -80,15 +82,29 @@ def _shard_progress(plan, enabled: bool):
 
 
 def _settings(settings_file: Path | None, assignments: list[str], options: dict) -> ScreenSettings:
-    """One ScreenSettings: the file (or the defaults), then --set, then the named options given."""
+    """One ScreenSettings: the file (or the defaults), then --set, then the named options given.
+
+    Flag thresholds given anywhere (the file's "flag", --set flag.…, the threshold options) are
+    explicit: no calibration replaces them (calibration "none"); naming a calibration as well is an error."""
+    import json
+
     settings = ScreenSettings.from_file(settings_file) if settings_file else ScreenSettings()
     settings = settings.with_overrides(assignments)
     named = {k: v for k, v in options.items() if v is not None}
+    explicit_flag = (any(a.strip().startswith("flag.") for a in assignments)
+                     or any(k.startswith("flag.") for k in named)
+                     or bool(settings_file and "flag" in json.loads(Path(settings_file).read_text())))
     for section in ("scoring", "flag"):
         group = {k.split(".", 1)[1]: named.pop(k) for k in list(named) if k.startswith(section + ".")}
         if group:
             named[section] = dataclasses.replace(getattr(settings, section), **group)
-    return dataclasses.replace(settings, **named)
+    settings = dataclasses.replace(settings, **named)
+    if explicit_flag:
+        if settings.calibration not in ("auto", "none"):
+            raise InputError(f"--calibration {settings.calibration} and explicit flag thresholds exclude each other: "
+                             f"a calibration sets the flag rule")
+        settings = dataclasses.replace(settings, calibration="none")
+    return settings
 
 
 def screen(
@@ -106,6 +122,7 @@ def screen(
     shard_tokens: Annotated[Optional[int], typer.Option(help="Shard size as scoring cost, Σ L·min(L, 1022) over its sequences (8x that in triage mode). Default: about 4 shards per worker, at most plmscreen.screening.run.settings.MAX_SHARD_TOKENS.")] = None,
     mode: Annotated[Optional[str], typer.Option(help=f"exact: every residue masked; triage: one unmasked pass per protein, masked/ablated scoring only at repeat residues of proteins that could be flagged (same flags, no pll/pppl) (default: {_DEFAULTS.mode}).")] = None,
     diagnostics: Annotated[Optional[bool], typer.Option("--diagnostics/--no-diagnostics", help="Copy-following index and null-corrected inflation for flagged sequences (default: on).")] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="Flag calibration (plmscreen calibrate): auto (the newest for the checkpoint in the store's catalog, then $PLMSCREEN_CALIBRATIONS; not when flag thresholds are set), none, a calibration id or a record's path (default: auto).")] = None,
     reuse: Annotated[Optional[bool], typer.Option("--reuse/--no-reuse", help="Copy the rows of sequences already scored in the store with the same checkpoint and scoring parameters, and score identical sequences once (default: on). --no-reuse scores every record; with --overwrite it recomputes a finished run.")] = None,
     settings_file: Annotated[Optional[Path], typer.Option("--settings", help="JSON file of screen settings (ScreenSettings.to_dict(); omitted fields keep their defaults). Options given on the command line win.")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="Set any parameter, e.g. --set repeats.min_identity=0.3 --set flag.min_inflation_factor=1.1 (groups: scoring, repeats, flag).")] = None,
@@ -134,6 +151,7 @@ def screen(
             "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
             "flag.max_qvalue": max_qvalue,
             "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
+            "calibration": calibration,
         })
         if in_process:
             return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)

@@ -82,6 +82,9 @@ class Run(Base):
     parameters: Mapped[dict | None] = mapped_column(JSON)
     plmscreen_version: Mapped[str | None] = mapped_column(String(32))
     store_path: Mapped[str | None] = mapped_column(Text)
+    # Which flag calibration set the run's flag rule (id, date, held-out rates) or why none did
+    # (plmscreen.screening.run.calibrations.calibration_note).
+    calibration: Mapped[dict | None] = mapped_column(JSON)
 
 
 class Shard(Base):
@@ -120,6 +123,24 @@ class InputSequence(Base):
     seq_id: Mapped[str] = mapped_column(String(1000))
     shard_index: Mapped[int] = mapped_column(Integer)
     sequence_sha256: Mapped[str] = mapped_column(String(64))
+
+class Calibration(Base):
+    """A flag-rule calibration of one checkpoint (``plmscreen calibrate``): the rule it chose and
+    the rates measured on held-out constructs. Screens with that checkpoint use the newest one
+    unless their flag thresholds are set explicitly (plmscreen.screening.run.calibrations)."""
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    plmscreen_version: Mapped[str | None] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))  # the run that scored the constructs (no FK: runs may be deleted)
+    flag_rule: Mapped[dict] = mapped_column(JSON)  # dataclasses.asdict(FlagRule), whatever its fields
+    summary: Mapped[dict] = mapped_column(JSON)  # the record without its per-sequence rows
+    record_path: Mapped[str | None] = mapped_column(Text)
+
 
 def alembic_config(url: str | None = None):
     """An Alembic ``Config`` for ``schema/migrations`` (no ini file needed)."""

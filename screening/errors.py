@@ -69,3 +69,8 @@ class ClusterError(PlmscreenError, RuntimeError):
     """The Dask cluster went away under a screen."""
 
     exit_code = EXIT_CLUSTER_LOST
+
+
+class CalibrationError(InputError):
+    """A flag calibration cannot be made (too few proteins or null sequences for the target) or
+    used (not found, unreadable, made for another checkpoint); the message says why."""

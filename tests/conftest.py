@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import torch
 
 # Tests never reach a model hub.
 os.environ.setdefault("PLMSCREEN_OFFLINE", "1")
+# Nor the user's flag calibrations (~/.local/share/plmscreen/calibrations): a calibration of
+# plmscreen-mini installed there would change every screen's flag rule. Tests that calibrate set
+# their own directory.
+os.environ["PLMSCREEN_CALIBRATIONS"] = tempfile.mkdtemp(prefix="plmscreen-test-calibrations-")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

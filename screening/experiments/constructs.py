@@ -29,6 +29,26 @@ def shuffled(segment: str, rng: np.random.Generator) -> str:
     return "".join(np.array(list(segment))[rng.permutation(len(segment))])
 
 
+def block_shuffled(segment: str, block: int, rng: np.random.Generator) -> str:
+    """Composition-matched decoy that keeps short words: consecutive ``block``-residue pieces in a
+    random order (as the tandem-repeat benchmark's decoys are made, docs/science.md), so a
+    low-complexity protein's recurring words stay while any repeat's order is broken."""
+    pieces = [segment[i : i + block] for i in range(0, len(segment), block)]
+    return "".join(pieces[i] for i in rng.permutation(len(pieces)))
+
+
+def insert_copy(sequence: str, unit: int, identity: float, gap: int, rng: np.random.Generator) -> tuple[str, int, int]:
+    """``sequence`` with a copy of one of its ``unit``-residue segments, mutated to ``identity``,
+    inserted at least ``gap`` residues after the segment; (construct, segment start, insert
+    position), 0-based. The segment lies in the part of the sequence that leaves room for the gap."""
+    if len(sequence) < unit + gap:
+        raise ValueError(f"a sequence of {len(sequence)} residues has no room for a {unit}-residue unit and a {gap}-residue gap")
+    start = int(rng.integers(0, len(sequence) - unit - gap + 1))
+    at = int(rng.integers(start + unit + gap, len(sequence) + 1))
+    copy = mutate_to_identity(sequence[start : start + unit], identity, rng)
+    return sequence[:at] + copy + sequence[at:], start, at
+
+
 def copy_partners(length: int, unit: int, offset: int) -> list[tuple[int, ...]]:
     """Partner map of a construct with copies of a ``unit``-residue unit at 0 and ``offset``."""
     partners: list[tuple[int, ...]] = [()] * length

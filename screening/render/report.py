@@ -162,6 +162,19 @@ def _table(rows: list[dict], columns: list[tuple[str, str]], anchors: dict[str, 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _calibration_note(store: str | Path, run: str) -> str | None:
+    """Where the run's flag rule came from, as run.json records it (screening/run/calibrations.py)."""
+    import json
+
+    from plmscreen.screening.store.layout import run_json_path
+
+    try:
+        calibration = json.loads(run_json_path(Path(store), run).read_text()).get("calibration")
+    except (OSError, ValueError):
+        return None
+    return calibration.get("note") if isinstance(calibration, dict) else None
+
+
 def build_report(store: str | Path, run: str | None = None, max_sequences: int = 25,
                  limits: QueryLimits | None = None) -> tuple[str, dict]:
     """The report's HTML and a small summary (run, n_sequences, n_flagged, n_tracks); ``limits``
@@ -210,6 +223,7 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
             f" and partner q-value ≤ {info['max_qvalue']:g} (partners vs {info['null_draws']} random co-mask draws, "
             "one-sided Wilcoxon signed-rank, Benjamini-Hochberg across the run)")),
     ]
+    summary_rows.append(("Flag calibration", _calibration_note(store, run)))
     parts.append("<h2>Run summary</h2><table class=\"summary\"><tbody>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary_rows) + "</tbody></table>")
 

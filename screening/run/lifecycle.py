@@ -52,6 +52,9 @@ class ScreenSummary:
     n_reused: int = 0
     n_duplicates: int = 0
     n_rediagnosed: int = 0  # copied, flagged by this run's rule, diagnostics computed (this invocation)
+    # Where the flag rule came from: the calibration applied (id, date, held-out rates) or why none
+    # (screening/run/calibrations.py); its "note" is the sentence the summary prints.
+    calibration: dict | None = None
 
     @property
     def n_model_scored(self) -> int:
@@ -78,6 +81,7 @@ class ScreenSummary:
             "rejects_file": str(self.rejects_file) if self.rejects_file else None,
             "seconds": self.seconds,
             "model": self.model,
+            "calibration": self.calibration,
         }
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
         n_reused=sum(o is not None and o != plan.run_id for o in origins),
         n_duplicates=sum(o == plan.run_id for o in origins),
         n_rediagnosed=sum(m.n_rediagnosed for m in manifests),
+        calibration=plan.metadata.get("calibration"),
     )
     run_json = {**plan.metadata, "model": model, "n_scored": summary.n_scored, "n_rejected": summary.n_rejected,
                 "n_shards": summary.n_shards, "failed_shards": summary.failed_shards,

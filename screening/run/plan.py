@@ -23,6 +23,7 @@ from plmscreen.screening.model.checkpoints import (
     file_sha256,
     resolve_checkpoint,
 )
+from plmscreen.screening.run.calibrations import apply_calibration
 from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.reuse import ReuseSource, find_sources, source_for_part
 from plmscreen.screening.run.settings import MAX_SHARD_TOKENS, ScreenSettings
@@ -182,6 +183,8 @@ def prepare_run(
     model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
     checkpoint_identity = CheckpointIdentity.of(checkpoint)
     checkpoint_sha256 = file_sha256(checkpoint)
+    # A calibration of this checkpoint sets the flag rule unless the thresholds were set explicitly.
+    settings, calibration = apply_calibration(settings, checkpoint_sha256, store, catalog_url)
     run_id = run_id_for(contents.sha256, checkpoint_sha256, settings)
     store.mkdir(parents=True, exist_ok=True)
     metadata = {
@@ -194,6 +197,7 @@ def prepare_run(
         "input_path": str(input_path),
         "input_sha256": contents.sha256,
         "parameters": settings.parameters(),
+        "calibration": calibration,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),  # microseconds: runs made within one second still order
     }
     plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
@@ -211,7 +215,7 @@ def prepare_run(
             write_rejects(contents.rejects, plan.rejects_file)
         catalog.register_run(run_id, input_path=input_path, input_sha256=contents.sha256, model_name=model_name,
                              checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
-                             plmscreen_version=screening.__version__, store_path=store)
+                             plmscreen_version=screening.__version__, store_path=store, calibration=calibration)
         plan.shards = register_shards(catalog, run_id, contents.records, plan.shards)
     if settings.reuse:
         plan.reuse_sources = find_sources(store, checkpoint_sha256, settings, {r.sha256 for r in contents.records},

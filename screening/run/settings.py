@@ -60,6 +60,12 @@ class ScreenSettings:
     # (screening/run/reuse.py). Not part of the run's identity: the rows hold the same numbers
     # either way, so --no-reuse names the same run (add --overwrite to recompute a finished one).
     reuse: bool = True
+    # Where the flag rule comes from (screening/run/calibrations.py): "auto" uses the newest
+    # calibration of the checkpoint (store catalog, then $PLMSCREEN_CALIBRATIONS) unless the flag
+    # thresholds differ from the defaults; "none" uses the flag rule as given; otherwise the id of
+    # a calibration or the path of its JSON record. prepare_run replaces "auto" by the id it
+    # applied. Not part of the run's identity: the flag rule it sets is.
+    calibration: str = "auto"
 
     def __post_init__(self):
         # Nested groups may arrive as JSON objects (deployments, the Prefect UI, --settings FILE).
@@ -71,6 +77,8 @@ class ScreenSettings:
                 raise SettingsError(f"settings.{name} must be a {cls.__name__} or an object of its fields, got {value!r}")
         if self.shard_tokens is not None and self.shard_tokens < 1:
             raise SettingsError(f"shard_tokens must be positive (or null: sized for the cluster), got {self.shard_tokens}")
+        if not isinstance(self.calibration, str) or not self.calibration.strip():
+            raise SettingsError(f"calibration must be 'auto', 'none', a calibration id or a record path, got {self.calibration!r}")
         if self.mode not in MODES:
             raise SettingsError(f"mode must be one of {MODES}, got '{self.mode}'")
 

@@ -22,6 +22,7 @@ DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
 RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run) and rejects.tsv
+CALIBRATIONS_DIR = "calibrations"  # STORE/calibrations/<id>.json: flag calibrations made in this store
 VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
 QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
 _INFO_TABLE = "plmscreen_views_info"
@@ -155,3 +156,8 @@ def run_json_path(store: Path, run_id: str) -> Path:
 def verdicts_path(store: Path, run_id: str) -> Path:
     """STORE/runs/<run_id>/verdicts.parquet: the run-wide q-values and flags, written when it ends."""
     return run_info_dir(store, run_id) / "verdicts.parquet"
+
+
+def calibration_path(store: Path, calibration_id: str) -> Path:
+    """STORE/calibrations/<id>.json: a flag calibration's record (``plmscreen calibrate``)."""
+    return Path(store) / CALIBRATIONS_DIR / f"{calibration_id}.json"
