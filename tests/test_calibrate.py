@@ -77,12 +77,12 @@ def test_statistics_are_exact_clopper_pearson():
 
 
 def test_flag_matrix_is_the_rule():
-    rows = [{"inflation_factor": f, "repeat_fraction": r} for f, r in
-            [(1.0, 0.0), (1.2, 0.5), (1.04, 0.3), (None, 0.2), (1.5, 0.01), (1.05, 0.05)]]
-    rules = [FlagRule(min_inflation_factor=t) for t in (1.0, 1.05, 1.3)]
+    rows = [{"inflation_factor": f, "repeat_fraction": r, "partner_qvalue": q} for f, r, q in
+            [(1.0, 0.0, None), (1.2, 0.5, 0.01), (1.04, 0.3, 0.2), (None, 0.2, None), (1.5, 0.01, 0.001),
+             (1.05, 0.05, 0.05), (1.3, 0.9, 0.06), (1.3, 0.9, None)]]
+    rules = [FlagRule(min_inflation_factor=t) for t in (1.0, 1.05, 1.3)] + [FlagRule(max_qvalue=0.1)]
     flags = cal.flag_matrix(rows, rules)
-    expected = [[r["inflation_factor"] is not None and rule.flags(r["inflation_factor"], r["repeat_fraction"])
-                 for r in rows] for rule in rules]
+    expected = [[rule.flags(r["inflation_factor"], r["repeat_fraction"], r["partner_qvalue"]) for r in rows] for rule in rules]
     assert flags.tolist() == expected
 
 
@@ -90,9 +90,10 @@ def test_the_chosen_threshold_is_the_smallest_that_meets_the_bound():
     # 400 calibration nulls: at a 1% target and 95% confidence only 0 flags pass (1 of 400 bounds
     # the rate at 0.0118), so the threshold must clear the largest null factor, 1.123.
     rng = _rng(5)
-    rows = [{"split": "calibration", "role": "null", "inflation_factor": float(f), "repeat_fraction": 0.5}
+    # (partner_qvalue 0: the partner test passes everywhere, so the effect size alone decides here)
+    rows = [{"split": "calibration", "role": "null", "inflation_factor": float(f), "repeat_fraction": 0.5, "partner_qvalue": 0.0}
             for f in np.append(rng.uniform(1.0, 1.1, size=399), 1.123)]
-    rows += [{"split": "held_out", "role": "null", "inflation_factor": 3.0, "repeat_fraction": 0.5}] * 50  # ignored
+    rows += [{"split": "held_out", "role": "null", "inflation_factor": 3.0, "repeat_fraction": 0.5, "partner_qvalue": 0.0}] * 50  # ignored
     grid = cal.threshold_grid()
     flags = cal.flag_matrix(rows, [FlagRule(min_inflation_factor=t) for t in grid])
     chosen = cal.choose_threshold(rows, flags, grid, cal.CalibrationSettings())
@@ -136,7 +137,7 @@ def calibrated(tmp_path_factory, user_dir):
 
 
 def _python_flags(rule: FlagRule, row: dict) -> bool:
-    return row["inflation_factor"] is not None and rule.flags(row["inflation_factor"], row["repeat_fraction"])
+    return rule.flags(row["inflation_factor"], row["repeat_fraction"], row["partner_qvalue"])
 
 
 def test_record_is_written_registered_and_read_back(calibrated, user_dir):
@@ -194,7 +195,7 @@ def test_held_out_rates_recomputed_from_the_store_equal_the_reported_ones(calibr
     record, out = calibrated
     with open_store(out / "store") as st:
         stored = {r["seq_id"]: r for r in st.sql(
-            f"SELECT seq_id, inflation_factor, repeat_fraction FROM sequences WHERE run = '{record['run_id']}'").to_pylist()}
+            f"SELECT seq_id, inflation_factor, repeat_fraction, partner_qvalue FROM sequences WHERE run = '{record['run_id']}'").to_pylist()}
     labels = {r["seq_id"]: r for r in record["sequences"]}
     assert set(stored) == set(labels)
     rule = FlagRule(**record["flag_rule"])

@@ -200,7 +200,7 @@ def flag_matrix(rows: list[dict], rules: list[FlagRule]) -> np.ndarray:
     import duckdb
     import pyarrow as pa
 
-    columns = sorted({column for column, _ in FlagRule.CONDITIONS})
+    columns = sorted({column for column, *_ in FlagRule.CONDITIONS})
     seqs = pa.table({"row_index": pa.array(range(len(rows)), pa.int64()),
                      **{c: pa.array([row.get(c) for row in rows], pa.float64()) for c in columns}})
     fields = [f.name for f in dataclasses.fields(FlagRule)]
@@ -303,7 +303,7 @@ def run_calibration(
     from plmscreen.screening.run.lifecycle import run_screen
     from plmscreen.screening.run.settings import ScreenSettings
     from plmscreen.screening.score.scorer import ScoringOptions
-    from plmscreen.screening.store.layout import calibration_path, run_parts
+    from plmscreen.screening.store.layout import calibration_path, run_parts, verdicts_path
 
     progress = progress or (lambda message: None)
     out_dir = Path(out_dir)
@@ -325,10 +325,14 @@ def run_calibration(
     summary = run_screen(constructs_fasta, store, screen_settings, loaded=loaded, catalog_url=catalog_url)
     files = run_parts(store, "sequences", summary.model["model_name"], summary.run_id)
     stored = {row["seq_id"]: row for f in files for row in pq.read_table(f).to_pylist()}
+    # The partner test's q-values, taken across this run of constructs (its verdicts file).
+    qvalues = {v["seq_id"]: v["partner_qvalue"] for v in pq.read_table(verdicts_path(store, summary.run_id)).to_pylist()}
+    for seq_id, row in stored.items():
+        row["partner_qvalue"] = qvalues.get(seq_id)
     missing = [c.seq_id for c in constructs if c.seq_id not in stored]
     if missing:
         raise CalibrationError(f"the screen of the constructs lacks {len(missing)} of them (first: {missing[0]})")
-    condition_columns = sorted({column for column, _ in FlagRule.CONDITIONS})
+    condition_columns = sorted({column for column, *_ in FlagRule.CONDITIONS})
     rows = [{"seq_id": c.seq_id, "source": c.source, "split": split[c.source], "role": c.role, "kind": c.kind,
              "identity": c.identity, "length": len(c.sequence),
              **{column: stored[c.seq_id][column] for column in condition_columns}}
