@@ -418,16 +418,21 @@ def main():
         gen.set_state(st["torch_gen"])
         torch.set_rng_state(st["torch_rng"])
         kind_count, tok_count = st["kind_count"], st["tok_count"]
+        if len(kind_count) < len(KINDS):  # a state from before the "wide"/"stutter" kinds: they count 0
+            kind_count = np.concatenate([kind_count[:-1], np.zeros(len(KINDS) - len(kind_count), np.int64),
+                                         kind_count[-1:]])
         active_s, wall_s = st["active_s"], st["wall_s"]
         print(f"resumed from {state_path} at step {step} (active {active_s / 60:.1f} min, "
               f"wall {wall_s / 60:.1f} min so far)", flush=True)
         old = st["args"]
-        changed = {k: (old.get(k), v) for k, v in vars(args).items() if old.get(k) != v and k != "resume"}
+        # arguments added after the state was written are compared only if the state has them
+        changed = {k: (old.get(k), v) for k, v in vars(args).items()
+                   if k in old and old.get(k) != v and k != "resume"}
         if changed:
             print(f"arguments changed on resume: {changed}", flush=True)
             phase2_args = {"phase1_steps", "p_stutter", "p_easy", "p_randdbl", "p_gap", "p_doubled", "p_insert", "p_wide",
                            "mask_prob", "cap2", "copy_len_start", "copy_len_end", "copy_len_steps"}
-            assert set(changed) <= {"steps", "decay_steps", "save_every_min", "log_every", "probe_every",
+            assert set(changed) <= {"steps", "decay_steps", "save_every_min", "log_every", "probe_every", "out_dir",
                                     "stop_at"} | phase2_args, changed
             if set(changed) & phase2_args:  # these act only from phase 2 on: still in phase 1 under both
                 assert step <= min(old["phase1_steps"], args.phase1_steps), \
