@@ -57,6 +57,10 @@ v3 additions (issue 11 item 1; a FROM-SCRATCH control whose look-up should be co
   --mask-prob, crops of at most --cap2 residues if given. --resume may change the phase-2 arguments
   while still in phase 1 (nothing before phase 2 depends on them).
   The probe also prints a copy probe: masked CE on random x||x at offsets 32..400 (chance 3.00).
+  Runs so far (no candidate; commands, logs and the T1-T4 table in
+  training/results/plmscreen-mini-v3-attempt-card.md): 4 x 128 x 2 heads from scratch, phase 1 only,
+  --p-wide 1 --phase1-steps 6000 --mask-prob1 0.25 --lr 2e-3 --cap-start 700 --cap-end 700 (expA;
+  + --p1-stutter 0.3 for expC).
 
 Optimisation: AdamW (betas 0.9/0.98, wd 0.01), 15% BERT masking (80/10/10) over real residues,
 batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by length, cut, shuffled),
