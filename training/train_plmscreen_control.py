@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train plmscreen-mini v2: a positive control that copies repeats at PROTEIN scale.
+"""Train plmscreen-mini v2/v3: a positive control that copies repeats at PROTEIN scale.
 
 The bundled plmscreen-mini (v1, training/train_plmscreen_mini.py) copies at short offsets but
 hardly at the offsets of real repeats: it trained on crops of <= 128 residues. This script
@@ -40,6 +40,27 @@ geometrically from --copy-len-start (24, the offsets v1 copies at) to --copy-len
 (Two earlier runs with all offsets up to cap/2 from the start, 300-500 steps each, lost v1's
 short-range copying without gaining any at longer range; they were stopped and restarted with
 this curriculum. Their logs are kept next to the run.)
+
+v3 additions (issue 11 item 1; a FROM-SCRATCH control whose look-up should be content-based):
+  --phase1-steps N: the first N steps train only synthetic copy tasks, masking --mask-prob1:
+    "wide"    (--p-wide in phase 2; 1 - --p1-stutter of phase 1) uniform random residues x, L uniform
+              in --wide-min..--wide-max (20..300), written x||x; with p --wide-spacer-p a random
+              spacer of 0..L residues between the copies, with p --wide-flank-p random flanks of
+              0..20 residues each side. Offsets vary 20..600 from step 0, so no fixed-offset
+              positional head can solve it and the only way below log(20) is matching content.
+    "stutter" (--p1-stutter in phase 1, --p-stutter in phase 2) uniform random residues each
+              written twice (AABBCC..., 10..--wide-max letters): a masked residue is predicted from
+              its neighbour. It rewards heads that attend to the adjacent tokens (the first layer of
+              an induction-like look-up, which on random x||x alone gets gradient only through the
+              look-up it enables).
+  After phase 1 the mixture above (--p-* fractions; "wide"/"stutter" as rehearsal), masking
+  --mask-prob, crops of at most --cap2 residues if given. --resume may change the phase-2 arguments
+  while still in phase 1 (nothing before phase 2 depends on them).
+  The probe also prints a copy probe: masked CE on random x||x at offsets 32..400 (chance 3.00).
+  Runs so far (no candidate; commands, logs and the T1-T4 table in
+  training/results/plmscreen-mini-v3-attempt-card.md): 4 x 128 x 2 heads from scratch, phase 1 only,
+  --p-wide 1 --phase1-steps 6000 --mask-prob1 0.25 --lr 2e-3 --cap-start 700 --cap-end 700 (expA;
+  + --p1-stutter 0.3 for expC).
 
 Optimisation: AdamW (betas 0.9/0.98, wd 0.01), 15% BERT masking (80/10/10) over real residues,
 batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by length, cut, shuffled),
@@ -85,9 +106,9 @@ from esm.model.esm2 import ESM2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_plmscreen_mini import (AA20, ExampleMaker, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
-                                  sha256_file, split_proteins, tokenize, train_step, unpatch, verify_checkpoint)
+                                  sha256_file, split_proteins, tokenize, unpatch, verify_checkpoint)
 
-KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "plain")
+KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "plain")
 
 
 def parse_args():
@@ -119,6 +140,26 @@ def parse_args():
     p.add_argument("--p-gap", type=float, default=0.05)
     p.add_argument("--p-doubled", type=float, default=0.20)
     p.add_argument("--p-insert", type=float, default=0.10)
+    p.add_argument("--p-wide", type=float, default=0.0,
+                   help="v3: the wide-offset copy task (uniform random x of --wide-min..--wide-max residues, x||x)")
+    p.add_argument("--wide-min", type=int, default=20)
+    p.add_argument("--wide-max", type=int, default=300)
+    p.add_argument("--wide-spacer-p", type=float, default=0.3,
+                   help="probability of a random spacer (0..L residues) between the two copies")
+    p.add_argument("--wide-flank-p", type=float, default=0.5,
+                   help="probability of random flanks (0..20 residues each side)")
+    p.add_argument("--p-stutter", type=float, default=0.0,
+                   help="v3: 'stutter' sequences (uniform random residues, each written twice: AABBCC..., "
+                        "20..--wide-max letters): rewards attending to the adjacent tokens, the first layer "
+                        "of a content look-up")
+    p.add_argument("--p1-stutter", type=float, default=0.0,
+                   help="fraction of stutter examples in phase 1 (the rest of phase 1 is the wide copy task)")
+    p.add_argument("--phase1-steps", type=int, default=0,
+                   help="v3: the first this many steps train ONLY the wide copy task (masking --mask-prob1)")
+    p.add_argument("--mask-prob", type=float, default=0.15)
+    p.add_argument("--cap2", type=int, default=None,
+                   help="v3: maximum crop (residues) in phase 2 (default: the --cap-start/--cap-end schedule)")
+    p.add_argument("--mask-prob1", type=float, default=0.15, help="masking rate during phase 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
@@ -214,6 +255,27 @@ class Maker(ExampleMaker):
     def plain(self, cap):
         return self.crop(self.protein(), cap)
 
+    def wide(self, cap):
+        """v3 copy task: uniform random x (L uniform in wide_min..wide_max) written x||x; random
+        flanks / a random spacer sometimes, so neither the offset nor the distance to BOS/EOS tells
+        where the partner is: only matching content does."""
+        hi = max(self.wide_min, min(self.wide_max, cap // 2))
+        L = int(self.rng.integers(self.wide_min, hi + 1))
+        x = self.rand_res(L)
+        sp = ""
+        if self.rng.random() < self.wide_spacer_p and cap - 2 * L > 0:
+            sp = self.rand_res(int(self.rng.integers(0, min(L, cap - 2 * L) + 1)))
+        lf = rf = ""
+        if self.rng.random() < self.wide_flank_p:
+            room = max(0, cap - 2 * L - len(sp))
+            lf = self.rand_res(int(self.rng.integers(0, min(20, room) + 1)))
+            rf = self.rand_res(int(self.rng.integers(0, min(20, room - len(lf)) + 1)))
+        return lf + x + sp + x + rf
+
+    def stutter(self, cap):
+        n = int(self.rng.integers(10, max(10, min(self.wide_max, cap // 2)) + 1))
+        return "".join(c + c for c in self.rand_res(n))
+
     def make(self, cap, probs):
         r = self.rng.random()
         acc = 0.0
@@ -222,6 +284,24 @@ class Maker(ExampleMaker):
             if r < acc:
                 return getattr(self, KINDS[k])(cap), k
         return self.plain(cap), len(KINDS) - 1
+
+
+def train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n, p_mask=0.15):
+    """One optimizer step of BERT-masked LM loss (masking rate p_mask); per-kind loss sums."""
+    inp, sel = bert_mask(toks, alphabet, gen, aa_idx, p=p_mask)
+    logits = model(inp)["logits"]
+    tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
+    opt.zero_grad(set_to_none=True)
+    tok_loss.mean().backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    row_kind = kinds[:, None].expand_as(sel)[sel]
+    losses = tok_loss.detach()
+    for k in range(len(acc_loss)):
+        chosen = row_kind == k
+        if chosen.any():
+            acc_loss[k] += losses[chosen].sum().item()
+            acc_n[k] += int(chosen.sum())
 
 
 def make_pool(maker, cap, probs, max_tokens, rng):
@@ -289,13 +369,28 @@ def main():
         dinp[b, 1:n + 1] = vinp[b, 1:n + 1]
         dsel[b, 1:n + 1] = vsel[b, 1:n + 1]
 
+    # copy probe: uniform random x of L residues doubled (x||x), 15% of the FIRST copy masked, CE
+    # (chance = log 20 = 3.00 nats); one row set per offset L
+    cgen = torch.Generator().manual_seed(998)
+    crng = np.random.default_rng(998)
+    cprobe = {}
+    for L in (32, 64, 128, 256, 400):
+        xs = ["".join(AA20[i] for i in crng.integers(0, 20, L)) for _ in range(6)]
+        t = tokenize(alphabet, [x + x for x in xs])
+        sel = torch.zeros_like(t, dtype=torch.bool)
+        sel[:, 1:L + 1] = torch.rand(len(xs), L, generator=cgen) < 0.15
+        inp = t.clone()
+        inp[sel] = alphabet.mask_idx
+        cprobe[L] = (inp, sel, t)
+
     def probe():
         model.eval()
         with torch.no_grad():
             l1 = F.cross_entropy(model(vinp)["logits"][vsel], vtok[vsel]).item()
             l2 = F.cross_entropy(model(dinp)["logits"][dsel], dtok[dsel]).item()
+            cl = {L: F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in cprobe.items()}
         model.train()
-        return l1, l2
+        return l1, l2, cl
 
     model.eval()
     with torch.no_grad():
@@ -308,7 +403,10 @@ def main():
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("contact_head")],
                             lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.98))
     maker = Maker(train_seqs, comp, rng)
-    probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert]
+    maker.wide_min, maker.wide_max = args.wide_min, args.wide_max
+    maker.wide_spacer_p, maker.wide_flank_p = args.wide_spacer_p, args.wide_flank_p
+    probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter]
+    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter]
     assert sum(probs) <= 1.0
 
     step, pool = 0, []
@@ -324,15 +422,25 @@ def main():
         gen.set_state(st["torch_gen"])
         torch.set_rng_state(st["torch_rng"])
         kind_count, tok_count = st["kind_count"], st["tok_count"]
+        if len(kind_count) < len(KINDS):  # a state from before the "wide"/"stutter" kinds: they count 0
+            kind_count = np.concatenate([kind_count[:-1], np.zeros(len(KINDS) - len(kind_count), np.int64),
+                                         kind_count[-1:]])
         active_s, wall_s = st["active_s"], st["wall_s"]
         print(f"resumed from {state_path} at step {step} (active {active_s / 60:.1f} min, "
               f"wall {wall_s / 60:.1f} min so far)", flush=True)
         old = st["args"]
-        changed = {k: (old.get(k), v) for k, v in vars(args).items() if old.get(k) != v and k != "resume"}
+        # arguments added after the state was written are compared only if the state has them
+        changed = {k: (old.get(k), v) for k, v in vars(args).items()
+                   if k in old and old.get(k) != v and k != "resume"}
         if changed:
             print(f"arguments changed on resume: {changed}", flush=True)
-            assert set(changed) <= {"steps", "decay_steps", "save_every_min", "log_every", "probe_every",
-                                    "stop_at"}, changed
+            phase2_args = {"phase1_steps", "p_stutter", "p_easy", "p_randdbl", "p_gap", "p_doubled", "p_insert", "p_wide",
+                           "mask_prob", "cap2", "copy_len_start", "copy_len_end", "copy_len_steps"}
+            assert set(changed) <= {"steps", "decay_steps", "save_every_min", "log_every", "probe_every", "out_dir",
+                                    "stop_at"} | phase2_args, changed
+            if set(changed) & phase2_args:  # these act only from phase 2 on: still in phase 1 under both
+                assert step <= min(old["phase1_steps"], args.phase1_steps), \
+                    "phase-2 arguments may only change while still in phase 1 (under the old and new values)"
             if "steps" in changed or "decay_steps" in changed:
                 assert step <= min(old["steps"] - old["decay_steps"], args.steps - args.decay_steps), \
                     "--steps/--decay-steps may only change while the LR is still constant under both"
@@ -354,10 +462,13 @@ def main():
           f"decay over steps {args.steps - args.decay_steps}-{args.steps}", flush=True)
     while step < args.steps:
         cap = int(args.cap_start + (args.cap_end - args.cap_start) * min(1.0, step / args.widen_steps))
+        if args.cap2 is not None and step >= args.phase1_steps:
+            cap = args.cap2
         maker.copy_len = int(args.copy_len_start * (args.copy_len_end / args.copy_len_start)
                              ** min(1.0, step / args.copy_len_steps))
+        phase1 = step < args.phase1_steps
         if not pool:
-            pool = make_pool(maker, cap, probs, args.max_tokens, rng)
+            pool = make_pool(maker, cap, probs1 if phase1 else probs, args.max_tokens, rng)
         batch = pool.pop()
         seqs = [e[0] for e in batch]
         kinds = torch.tensor([e[1] for e in batch])
@@ -374,7 +485,8 @@ def main():
             g["lr"] = lr
         toks = tokenize(alphabet, seqs)
         tok_count += int(toks.numel())
-        train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n)
+        train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n,
+                   args.mask_prob1 if phase1 else args.mask_prob)
         step += 1
         c1, w1 = time.process_time(), time.time()
         active_s += c1 - c0
@@ -389,9 +501,10 @@ def main():
             acc_loss[:] = 0
             acc_n[:] = 0
         if step % args.probe_every == 0:
-            l1, l2 = probe()
+            l1, l2, cl = probe()
             print(f"    probe (48 held-out proteins 80-250 aa, 15% masked): single ppl {math.exp(l1):.2f}, "
-                  f"first copy of x||x ppl {math.exp(l2):.2f}", flush=True)
+                  f"first copy of x||x ppl {math.exp(l2):.2f}; copy probe CE (random x||x, offset L): "
+                  + " ".join(f"L{L}={v:.2f}" for L, v in cl.items()), flush=True)
         if time.time() - last_save > args.save_every_min * 60:
             save_state()
             last_save = time.time()
@@ -404,14 +517,14 @@ def main():
     save_state()
     unpatch(model)
     model.eval()
-    l1, l2 = probe()
+    l1, l2, cl = probe()
     n_ex = int(kind_count.sum())
     print(f"done: {step} steps, active (CPU) {active_s / 60:.1f} min, wall {wall_s / 60:.1f} min "
           f"(excluding checkpoint I/O); {tok_count} padded tokens; examples {n_ex}, by kind "
           + ", ".join(f"{KINDS[k]} {kind_count[k]}" for k in range(len(KINDS)))
           + f"; with an internal repeat {(n_ex - kind_count[-1]) / n_ex:.1%}", flush=True)
     print(f"final probe (stock attention): single ppl {math.exp(l1):.2f}, first copy of x||x ppl "
-          f"{math.exp(l2):.2f}", flush=True)
+          f"{math.exp(l2):.2f}; copy probe CE " + " ".join(f"L{L}={v:.2f}" for L, v in cl.items()), flush=True)
     out = os.path.join(args.out_dir, "final", "esm2_plmscreen_mini.pt")
     save_checkpoint(model, args, out)
     dlog = verify_checkpoint(model, out, alphabet)
