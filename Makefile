@@ -24,8 +24,8 @@ demo: install
 # 2 cores), then the tests marked slow. pytest exits 5 when it collects no tests; make treats that
 # as the failure it is.
 test: install
-	$(BIN)/python -m pytest -m "not slow"
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m "not slow" --durations=30
+	$(BIN)/python -m pytest -m slow --durations=30
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
