@@ -49,7 +49,7 @@ def write_fasta(path: Path, records: dict[str, str]) -> Path:
 def recording():
     """The sequences the model scores, those whose diagnostics are computed, and model loads."""
     seen = {"scored": [], "diagnosed": [], "loads": 0}
-    score, diagnose, load = Scorer.score, tables.residue_diagnostics, lifecycle.load_model
+    score, diagnose, load = Scorer.score, tables.residue_diagnostics, lifecycle.load_planned_backend
 
     def spy_score(self, sequences, *args, **kwargs):
         seen["scored"] += list(sequences)
@@ -66,7 +66,7 @@ def recording():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Scorer, "score", spy_score)
         mp.setattr(tables, "residue_diagnostics", spy_diagnose)
-        mp.setattr(lifecycle, "load_model", spy_load)
+        mp.setattr(lifecycle, "load_planned_backend", spy_load)
         yield seen
 
 

@@ -203,6 +203,20 @@ def test_run_json_catalog_and_parquet_record_the_backend_and_weight_digests(exac
         family_col, weights, checkpoint = con.execute(
             "select model_family, weight_sha256, checkpoint_sha256 from runs where id = ?", (run_id,)).fetchone()
     assert (family_col, json.loads(weights), checkpoint) == (family, digests, digests[files[0].name])
+    # The store's runs view and the report show the backend.
+    query = CliRunner().invoke(app, ["query", str(out), "SELECT model_family, model_id, weight_sha256 FROM runs",
+                                     "--format", "json"])
+    assert query.exit_code == 0, query.output
+    [row] = json.loads(query.output)
+    assert (row["model_family"], row["model_id"]) == (family, str(ckpt))
+    stored = row["weight_sha256"]
+    assert (json.loads(stored) if isinstance(stored, str) else stored) == digests
+    report = out.parent / "report.html"
+    result = CliRunner().invoke(app, ["report", str(out), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    page = report.read_text()
+    assert f"<th>Model family</th><td>{family}</td>" in page and digests[files[0].name] in page
+    assert sum(v["flagged"] for v in seqs.values()) == int(result.output.split("(")[1].split()[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,7 +11,8 @@ SELECT c.run, c.model, r.checkpoint_sha256, r.plmscreen_version, r.input_path, r
        r.created_utc, c.n_sequences, c.n_residues, c.n_with_repeats, c.n_flagged,
        c.max_inflation_factor, r.n_rejected,
        (r.parameters->'flag'->>'min_inflation_factor')::DOUBLE AS min_inflation_factor,
-       (r.parameters->'flag'->>'min_repeat_fraction')::DOUBLE AS min_repeat_fraction
+       (r.parameters->'flag'->>'min_repeat_fraction')::DOUBLE AS min_repeat_fraction,
+       r.model_family
 FROM counts AS c
 LEFT JOIN runs AS r ON r.run = c.run
 WHERE $run IS NULL OR c.run = $run
