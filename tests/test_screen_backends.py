@@ -288,6 +288,12 @@ def test_missing_hub_id_fails_offline_and_says_where_it_looked(tmp_path, monkeyp
     assert str(tmp_path / "hub" / "models--plmscreen-test--not_there") in result.output
     assert "--hub-download" in result.output
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("residues/**/*.parquet"))
+    # --hub-download reaches the resolver: it tries the hub (kept offline here, no hub is reachable).
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    allowed = CliRunner().invoke(app, ["screen", str(fasta), "--in-process", "--out", str(tmp_path / "o"), "--model",
+                                       "plmscreen-test/not_there", "--hub-download", "--device", "cpu"])
+    assert allowed.exit_code == 2, allowed.output
+    assert "download of 'plmscreen-test/not_there' from the Hugging Face hub failed" in allowed.output
 
 
 @pytest.mark.parametrize("family", ["hf-esm", "carp"])
@@ -328,6 +334,14 @@ def test_window_of_the_family_plans_shards_and_names_the_run(tmp_path, checkpoin
                                       "window": 254, "normalise": "residues"})
     fair = prepare_run(fasta, tmp_path / "fair", ScreenSettings(model=str(checkpoints["fair-esm"]), device="cpu"))
     assert fair.run_id == run_id_for(fair.input_sha256, sha256(checkpoints["fair-esm"]), fair.settings)
+    # Two 300-residue proteins cost 300·254 each for ESM C and 300·300 for ESM-2: one budget of
+    # 2·300·254 holds both for ESM C only.
+    long = tmp_path / "long.fasta"
+    long.write_text(f">a\n{(UNIT * 5)[:300]}\n>b\n{(UNIT[::-1] * 5)[:300]}\n")
+    budget = 2 * 300 * 254
+    shards = {family: prepare_run(long, tmp_path / f"long-{family}", ScreenSettings(
+        model=str(checkpoints[family]), device="cpu", shard_tokens=budget)).shards for family in ("hf-esmc", "fair-esm")}
+    assert shards == {"hf-esmc": {0: (0, 1)}, "fair-esm": {0: (0, 0), 1: (1, 1)}}
 
 
 def test_validate_puts_several_models_side_by_side(tmp_path, checkpoints):
