@@ -35,58 +35,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from common import ARCHS, machine_info, naive_scores, read_fasta, write_random_checkpoint
+from common import ARCHS, forward_only, hf_naive_scores, machine_info, max_delta, naive_scores, read_fasta, write_random_checkpoint
 
 RESULTS_DIR = ROOT / "bench" / "results"
 EXACT_TOL = 1e-4
 HF_RATIO_LIMIT = 1.2
-
-
-def hf_naive_scores(model, residue_token, bos, eos, mask, sequences):
-    """transformers' stock forward, batch 1, one mask per forward; plus one unmasked forward."""
-    out = []
-    with torch.inference_mode():
-        for seq in sequences:
-            ids = torch.tensor([[bos] + [residue_token[c] for c in seq] + [eos]])
-            truth = ids[0, 1:-1]
-            masked = []
-            for i in range(len(seq)):
-                copy = ids.clone()
-                copy[0, i + 1] = mask
-                logits = model(input_ids=copy).logits
-                masked.append(torch.log_softmax(logits[0, i + 1].float(), -1)[truth[i]])
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, 1:-1].float(), -1)
-            out.append({"logp_masked": torch.stack(masked).double().numpy(),
-                        "logp_unmasked": logp.gather(1, truth.unsqueeze(1)).squeeze(1).double().numpy()})
-    return out
-
-
-def forward_only(fair, hf, sequence: str, batch_tokens: int, reps: int) -> dict:
-    """One batch of masked copies of ``sequence`` as the scorer packs it, through each fast path,
-    alternating, fastest of ``reps``: the per-forward cost without job planning or the LM's size."""
-    from plmscreen.screening.model.backends.hf_esm import esm_logits_at
-    from plmscreen.screening.model.forward import logprobs_at
-
-    rows = max(1, min(len(sequence), batch_tokens // (len(sequence) + 2)))
-    windows = [fair.encode(sequence)] * rows
-    tokens = fair.assemble(windows, [[i] for i in range(rows)])
-    query = (torch.arange(rows) + 1).unsqueeze(1)
-    runs = {"native": lambda: logprobs_at(fair.model, tokens, query), "hf": lambda: esm_logits_at(hf.model, tokens, query)}
-    best = {k: float("inf") for k in runs}
-    with torch.inference_mode():
-        for run in runs.values():
-            run()
-        for _ in range(reps):
-            for k, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                best[k] = min(best[k], time.perf_counter() - t0)
-    return {"rows": rows, "tokens": tuple(tokens.shape), "native_s": best["native"], "hf_s": best["hf"],
-            "hf_over_native": best["hf"] / best["native"]}
-
-
-def max_delta(a: list[dict], b: list[dict]) -> float:
-    return max(float(np.max(np.abs(x[k] - y[k]))) for x, y in zip(a, b) for k in ("logp_masked", "logp_unmasked"))
 
 
 def run_arch(arch: str, proteins: list[tuple[str, str]], rounds: int, batch_tokens: int, workdir: Path, seed: int,

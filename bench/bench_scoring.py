@@ -37,6 +37,21 @@ writing its results.
   python bench/bench_scoring.py                      # 8M architecture, random weights, CPU
   python bench/bench_scoring.py --arch esm2_t12_35M --n 2 --threads 2
   python bench/bench_scoring.py --model plmscreen-mini
+
+Backends (``--backends``, issue 14): what ``plmscreen screen`` scores with for each model family,
+each against its own naive loop, on the same proteins, for every ``--backend-arch`` (default the
+8M and 35M ESM-2 architectures) in fair-esm form and converted to Hugging Face form:
+
+  fair-esm naive   ``naive_scores`` above (fair-esm's stock forward)
+  fair-esm screen  ``scorer_for(load_backend(checkpoint.pt))``: the native ``Scorer``, today's path
+  hf-esm naive     transformers' stock ``EsmForMaskedLM`` forward, batch 1, the same loop
+  hf-esm screen    ``scorer_for(load_backend(hf_dir))``: ``BackendScorer`` over the HF fast path
+
+All four run interleaved (round > protein > mode), so the HF / native ratios are measured side by
+side; a one-batch forward-only comparison (alternating, fastest of ``--forward-reps``) is the
+steadier number on a shared machine.
+
+  python bench/bench_scoring.py --backends --fasta examples/sample.fasta --n 2 --min-len 80 --max-len 120 --threads 1
 """
 
 from __future__ import annotations
@@ -57,7 +72,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from common import ARCHS, ECOLI_FASTA, forward_flops, machine_info, matmul_rate, naive_scores, pick_proteins, require, sync, write_random_checkpoint
+from common import (
+    ARCHS,
+    ECOLI_FASTA,
+    forward_flops,
+    forward_only,
+    hf_naive_scores,
+    machine_info,
+    matmul_rate,
+    max_delta,
+    naive_scores,
+    pick_proteins,
+    require,
+    sync,
+    write_random_checkpoint,
+)
+
+HF_RATIO_LIMIT = 1.2  # issue 14: the HF path may be at most this much slower than native at equal numbers
 
 RESULTS_DIR = ROOT / "bench" / "results"
 EXACT_TOL = 1e-4
@@ -316,10 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                    "and one exact batch")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--tag", default="", help="suffix for the results file names")
+    p.add_argument("--backends", action="store_true",
+                   help="compare the screen's backends (fair-esm and HF ESM-2), each with its own naive loop")
+    p.add_argument("--backend-arch", nargs="+", default=["esm2_t6_8M", "esm2_t12_35M"], choices=sorted(ARCHS))
+    p.add_argument("--forward-reps", type=int, default=6, help="--backends: one-batch forward-only repetitions")
     args = p.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.backends:
+        return backends_main(args, argv)
     from plmscreen.screening.model.checkpoints import load_model, resolve_device
 
     device = resolve_device(args.device)
@@ -462,6 +499,145 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / f"{stem}.md").write_text(markdown(report))
     print(f"wrote {args.out_dir / stem}.md and .json; exact check {report['exact_check']}")
     return 1 if failed else 0
+
+
+def backends_arch(arch: str, proteins: list[tuple[str, str]], args, workdir: Path) -> dict:
+    """The four modes of one architecture, interleaved; walls, own-naive speed-ups and deltas."""
+    from plmscreen.screening.model.backends.convert import convert_checkpoint
+    from plmscreen.screening.model.backends.resolve import load_backend
+    from plmscreen.screening.model.backends.scorer import scorer_for
+    from plmscreen.screening.score.scorer import ScoringOptions
+
+    checkpoint = write_random_checkpoint(arch, workdir, args.seed, args.init)
+    hf_dir = convert_checkpoint(checkpoint, workdir / f"{arch}_hf")
+    fair = load_backend(str(checkpoint), device="cpu")
+    hf = load_backend(str(hf_dir), device="cpu")
+    options = ScoringOptions(batch_tokens=args.batch_tokens[0])
+    scorers = {"fair-esm": scorer_for(fair, options), "hf-esm": scorer_for(hf, options)}
+
+    def screen(family):
+        def run(seqs):
+            return [{"logp_masked": r.logp_masked, "logp_unmasked": r.logp_unmasked} for r in scorers[family].score(seqs)]
+        return run
+
+    modes = {
+        "fair-esm naive": lambda seqs: naive_scores(fair.model, fair.loaded.alphabet, seqs, fair.device),
+        "fair-esm screen": screen("fair-esm"),
+        "hf-esm naive": lambda seqs: hf_naive_scores(hf.model, hf.residue_token, hf.bos, hf.eos, hf.mask, seqs),
+        "hf-esm screen": screen("hf-esm"),
+    }
+    for run in modes.values():
+        run([proteins[0][1][:24]])  # warm-up
+    walls = {m: [[0.0] * len(proteins) for _ in range(args.rounds)] for m in modes}
+    # CPU seconds of this process too: on a shared, oversubscribed machine the wall clock also
+    # counts the time the scheduler gave other processes; with one torch thread CPU time does not.
+    cpus = {m: [[0.0] * len(proteins) for _ in range(args.rounds)] for m in modes}
+    scores: dict[str, list] = {m: [None] * len(proteins) for m in modes}
+    for rnd in range(args.rounds):
+        for p, (_, seq) in enumerate(proteins):
+            for m, run in modes.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                scores[m][p] = run([seq])[0]
+                walls[m][rnd][p] = time.perf_counter() - t0
+                cpus[m][rnd][p] = time.process_time() - c0
+            print(f"{arch} round {rnd + 1}/{args.rounds} protein {p + 1}/{len(proteins)} ({len(seq)} aa): "
+                  + ", ".join(f"{m} {walls[m][rnd][p]:.2f}s" for m in modes), flush=True)
+    best = {m: sum(min(walls[m][r][p] for r in range(args.rounds)) for p in range(len(proteins))) for m in modes}
+    cpu = {m: sum(min(cpus[m][r][p] for r in range(args.rounds)) for p in range(len(proteins))) for m in modes}
+    rows = []
+    for m in modes:
+        naive = m.split()[0] + " naive"
+        rows.append({"mode": m, "wall_s": best[m], "wall_s_per_round": [sum(w) for w in walls[m]], "cpu_s": cpu[m],
+                     "cpu_speedup_vs_own_naive": cpu[naive] / cpu[m],
+                     "residues_per_s": sum(len(s) for _, s in proteins) / best[m],
+                     "speedup_vs_own_naive": best[naive] / best[m],
+                     "max_abs_delta_vs_own_naive": max_delta(scores[m], scores[naive]),
+                     "max_abs_delta_vs_fair_esm_naive": max_delta(scores[m], scores["fair-esm naive"])})
+        rows[-1]["check"] = "PASS" if rows[-1]["max_abs_delta_vs_fair_esm_naive"] <= EXACT_TOL else "FAIL"
+    return {"arch": arch, "layers_dim_heads": ARCHS[arch], "num_parameters": fair.num_parameters,
+            "screen_scorers": {k: type(v).__name__ for k, v in scorers.items()}, "modes": rows,
+            "hf_over_native_screen": best["hf-esm screen"] / best["fair-esm screen"],
+            "hf_over_native_screen_cpu": cpu["hf-esm screen"] / cpu["fair-esm screen"],
+            "hf_over_native_naive": best["hf-esm naive"] / best["fair-esm naive"],
+            "forward_only": forward_only(fair, hf, proteins[0][1], args.batch_tokens[0], args.forward_reps)}
+
+
+def backends_main(args, argv) -> int:
+    import transformers
+
+    fasta = require(args.fasta, "--fasta", ECOLI_FASTA)
+    proteins = pick_proteins(fasta, args.n, args.min_len, args.max_len)
+    load_before = os.getloadavg()
+    archs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.backend_arch:
+            archs.append(backends_arch(arch, proteins, args, Path(tmp)))
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "python " + shlex.join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(torch.device("cpu")), "transformers": transformers.__version__,
+        "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+        "fasta": str(fasta), "proteins": [{"id": n, "length": len(s)} for n, s in proteins],
+        "seed": args.seed, "init": args.init, "batch_tokens": args.batch_tokens[0], "rounds": args.rounds,
+        "forward_reps": args.forward_reps, "archs": archs,
+    }
+    failed = any(r["check"] == "FAIL" for a in archs for r in a["modes"])
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"scoring_backends_cpu{torch.get_num_threads()}t{('_' + args.tag) if args.tag else ''}"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out_dir / f"{stem}.md").write_text(backends_markdown(report))
+    print(f"wrote {args.out_dir / stem}.md and .json; {'FAIL' if failed else 'all PASS'}")
+    return 1 if failed else 0
+
+
+def backends_markdown(report: dict) -> str:
+    m, load = report["machine"], report["load_average_1_5_15"]
+    lines = [
+        f"# Scoring on each backend against its own naive loop (cpu{m['torch_threads']}t)",
+        "",
+        f"- date (UTC): {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- machine: {m['cpu_model']}, {m['cpu_cores']} cores, torch {m['torch']} with {m['torch_threads']} threads, "
+        f"fair-esm {m['fair_esm']}, transformers {report['transformers']}, Python {m['python']}",
+        "- load average (1/5/15 min) before: " + " / ".join(f"{x:.2f}" for x in load["before"])
+        + ", after: " + " / ".join(f"{x:.2f}" for x in load["after"])
+        + " (the machine is shared: every ratio below is measured side by side, modes interleaved)",
+        f"- proteins: {len(report['proteins'])} from {report['fasta']}: "
+        + ", ".join(f"{p['id']} ({p['length']})" for p in report["proteins"]),
+        f"- weights: random ({report['init']} init, seed {report['seed']}), converted to HF with "
+        f"plmscreen.screening.model.backends.convert; batch_tokens {report['batch_tokens']}; {report['rounds']} rounds",
+        "",
+        "| arch | mode | wall s | per round s | CPU s | residues/s | speed-up vs own naive (wall / CPU) "
+        "| max abs Δ vs own naive | max abs Δ vs fair-esm naive | check |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for a in report["archs"]:
+        for r in a["modes"]:
+            lines.append(
+                f"| {a['arch']} | {r['mode']} | {r['wall_s']:.2f} | {' / '.join(f'{w:.2f}' for w in r['wall_s_per_round'])} "
+                f"| {r['cpu_s']:.2f} | {r['residues_per_s']:.1f} | {r['speedup_vs_own_naive']:.2f}× / "
+                f"{r['cpu_speedup_vs_own_naive']:.2f}× | {r['max_abs_delta_vs_own_naive']:.2e} "
+                f"| {r['max_abs_delta_vs_fair_esm_naive']:.2e} | {r['check']} |")
+    lines += ["", "| arch | HF screen / native screen (wall) | (CPU) | HF fast path / native, one batch (forward only) "
+              f"| HF naive / fair-esm naive | HF within {HF_RATIO_LIMIT}× of native (CPU) |", "|---|---:|---:|---:|---:|---|"]
+    for a in report["archs"]:
+        f = a["forward_only"]
+        # Judged on CPU seconds: the wall clock of one mode also holds other processes' turns.
+        ok = "yes" if a["hf_over_native_screen_cpu"] <= HF_RATIO_LIMIT else "NO"
+        lines.append(f"| {a['arch']} | {a['hf_over_native_screen']:.2f}× | {a['hf_over_native_screen_cpu']:.2f}× "
+                     f"| {f['hf_over_native']:.2f}× ({f['hf_s']:.2f} s vs {f['native_s']:.2f} s, {f['tokens'][0]}×{f['tokens'][1]} tokens) "
+                     f"| {a['hf_over_native_naive']:.2f}× | {ok} |")
+    lines += [
+        "",
+        "Columns: *wall s* = per protein the fastest round, summed; *speed-up vs own naive* = that family's "
+        "naive wall / the mode's wall; *max abs Δ* = largest |difference| of logp_masked and logp_unmasked over "
+        f"all residues (natural log); *check* = PASS within {EXACT_TOL:g} of fair-esm's naive loop on every residue. "
+        "*screen* is what `plmscreen screen` runs for that family (`scorer_for(load_backend(...))`: the native "
+        "`Scorer` for fair-esm, `BackendScorer` for HF). *HF / native* < 1 means the HF path is faster; *forward "
+        f"only* times one batch of masked copies of the first protein through each fast path, alternating, fastest "
+        f"of {report['forward_reps']}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -110,8 +110,9 @@ def _settings(settings_file: Path | None, assignments: list[str], options: dict)
 def screen(
     input: Annotated[Path, typer.Argument(help="FASTA file (plain or .gz).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Store directory: residues/, sequences/, repeats/ Parquet, partitioned by model and run.")],
-    model: Annotated[Optional[str], typer.Option(help=f"plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or a checkpoint path (default: {_DEFAULTS.model}).")] = None,
-    weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"plmscreen-mini, a fair-esm ESM-2 name (esm2_t6_8M_UR50D ...) or .pt file, a CARP name (carp_38M ...) or .pt file, a Hugging Face ESM-2 / ESM C directory (config.json + safetensors) or hub id (org/name, from --weights-dir or the local HF cache) (default: {_DEFAULTS.model}).")] = None,
+    weights_dir: Annotated[Optional[Path], typer.Option(help="Directory holding <model>.pt, or a hub id's checkpoint directory named after its repository (default $PLMSCREEN_WEIGHTS_DIR).")] = None,
+    hub_download: Annotated[Optional[bool], typer.Option("--hub-download/--no-hub-download", help="Allow downloading a Hugging Face hub id that is not found locally (config, tokenizer and safetensors only). Off by default: screens run offline.")] = None,
     device: Annotated[Optional[str], typer.Option(help=f"auto, cpu or cuda (default: {_DEFAULTS.device}).")] = None,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per forward batch (default: 4096 on CPU, sized from free memory on a GPU).")] = None,
     precision: Annotated[Optional[str], typer.Option(help=f"fp32 (exact), or bf16/fp16 autocast (faster on GPUs, approximate: see bench/results/precision_*; fp16 is CUDA only) (default: {_DEFAULTS.scoring.precision}).")] = None,
@@ -141,12 +142,14 @@ def screen(
     the same command resumes it from the catalog.
     """
     from plmscreen.screening.input import InvalidFastaError
-    from plmscreen.screening.model.checkpoints import check_checkpoint, resolve_checkpoint
+    from plmscreen.screening.model.backends.resolve import plan_checkpoint
+    from plmscreen.screening.model.checkpoints import check_checkpoint
     from plmscreen.screening.run.plan import prepare_run
 
     try:
         settings = _settings(settings_file, assignments or [], {
             "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
+            "hub_download": hub_download,
             "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
             "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
             "flag.max_qvalue": max_qvalue,
@@ -158,10 +161,12 @@ def screen(
         from plmscreen.flows.clusters import check_cluster_choice
 
         check_cluster_choice(workers, gpus, scheduler)
-        _, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
-        # The layout is read through a memory map, before any cluster starts: the CLI never holds the weights.
-        check_checkpoint(checkpoint)
-        cluster, size_shards = _cluster_for(settings, checkpoint, workers, gpus, scheduler)
+        # Family, files and digests from config and files only, before any cluster starts (a hub id
+        # is downloaded here if --hub-download allows it): the CLI never holds the weights.
+        planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
+        if planned.family == "fair-esm":
+            check_checkpoint(planned.path)  # the layout, read through a memory map
+        cluster, size_shards = _cluster_for(settings, planned.size_bytes, workers, gpus, scheduler)
         # The one reading of the input and naming of the run: the flow resumes this plan.
         plan = prepare_run(input, out, settings, skip_invalid, overwrite, catalog, size_shards)
         if cluster is not None:
@@ -196,7 +201,7 @@ def screen(
         raise typer.Exit(EXIT_SHARDS_FAILED)
 
 
-def _cluster_for(settings: ScreenSettings, checkpoint: Path, workers, gpus, scheduler):
+def _cluster_for(settings: ScreenSettings, checkpoint_bytes: int, workers, gpus, scheduler):
     """The local cluster to start (as a one-item list, filled once the input's costs are known) and
     the shard-size rule prepare_run applies to those costs; an existing scheduler is sized by the
     worker threads it has now."""
@@ -232,7 +237,7 @@ def _cluster_for(settings: ScreenSettings, checkpoint: Path, workers, gpus, sche
     def size_shards(costs: list[int]) -> int:
         cluster.append(plan_cluster(
             costs, cores=cpu_cores(), memory_bytes=available_memory_bytes(),
-            worker_bytes=worker_memory_bytes(checkpoint.stat().st_size), gpus=gpus or 0, workers=workers,
+            worker_bytes=worker_memory_bytes(checkpoint_bytes), gpus=gpus or 0, workers=workers,
             shard_tokens=settings.shard_tokens, budget_scale=scale))
         return cluster[0].shard_tokens
 

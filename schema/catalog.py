@@ -79,6 +79,8 @@ class Run(Base):
     input_sha256: Mapped[str | None] = mapped_column(String(64))
     model_name: Mapped[str | None] = mapped_column(String(255))
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    model_family: Mapped[str | None] = mapped_column(String(32))  # the backend: fair-esm, hf-esm, hf-esmc, carp
+    weight_sha256: Mapped[dict | None] = mapped_column(JSON)  # weight file name -> sha256
     parameters: Mapped[dict | None] = mapped_column(JSON)
     plmscreen_version: Mapped[str | None] = mapped_column(String(32))
     store_path: Mapped[str | None] = mapped_column(Text)

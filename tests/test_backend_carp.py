@@ -89,9 +89,11 @@ def test_scores_match_a_naive_loop(carp, expected, engine):
         np.testing.assert_allclose(res.logp_unmasked, unmasked, atol=TOL, rtol=0)
         np.testing.assert_allclose(res.logp_ablated, ablated, atol=TOL, rtol=0)
     assert np.isfinite(got[1].logp_ablated).sum() == 28
-    # Padding is masked out of the convolutions: a sequence alone and in a padded batch agree.
+    # Padding is masked out of the convolutions: a sequence alone and in a padded batch agree, to
+    # float32 rounding (other batch shapes take other convolution kernels: 1.05e-5 at logp -12.2 on
+    # an AMD EPYC). Padding leaking into a convolution moves these numbers by far more than 1e-4.
     alone = BackendScorer(carp, ScoringOptions(engine=engine, batch_tokens=1)).score(SEQS[2:])[0]
-    np.testing.assert_allclose(alone.logp_masked, got[2].logp_masked, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(alone.logp_masked, got[2].logp_masked, atol=TOL, rtol=0)
 
 
 def test_off_by_one_token_map_would_be_caught(reference, expected):

@@ -58,7 +58,7 @@ def test_open_migrates_to_head_and_matches_the_models(backend):
 
     cat = backend()
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert cat.revision() == head == "0004"
+    assert cat.revision() == head == "0005"
     with cat.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) >= {"runs", "shards", "input_sequences", "alembic_version"}
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -76,7 +76,7 @@ def test_migrations_downgrade_and_upgrade(backend):
     with cat.engine.connect() as conn:
         assert "runs" not in inspect(conn).get_table_names()
     cat.upgrade()
-    assert cat.revision() == "0004" and cat.list_runs() == []
+    assert cat.revision() == "0005" and cat.list_runs() == []
 
 
 def test_upgrade_from_0001_keeps_runs_and_shards(backend):
@@ -92,7 +92,7 @@ def test_upgrade_from_0001_keeps_runs_and_shards(backend):
         conn.exec_driver_sql("INSERT INTO shards (run_id, shard_index, first_seq, last_seq, status, attempts) "
                              "VALUES ('old', 0, 0, 4, 'done', 1)")
     cat.upgrade()
-    assert cat.revision() == "0004"
+    assert cat.revision() == "0005"
     old = cat.shard("old", 0)
     assert (old.status, old.attempts, old.worker, old.heartbeat_at) == ("done", 1, None, None)
 

@@ -51,7 +51,7 @@ def recording():
     """The sequences the model scores, those whose copy-following diagnostics and partner-test null
     co-masks are computed, and model loads."""
     seen = {"scored": [], "diagnosed": [], "tested": [], "loads": 0}
-    score, diagnose, test, load = Scorer.score, tables.copy_following, tables.null_comask, lifecycle.load_model
+    score, diagnose, test, load = Scorer.score, tables.copy_following, tables.null_comask, lifecycle.load_planned_backend
 
     def spy_score(self, sequences, *args, **kwargs):
         seen["scored"] += list(sequences)
@@ -73,7 +73,7 @@ def recording():
         mp.setattr(Scorer, "score", spy_score)
         mp.setattr(tables, "copy_following", spy_diagnose)
         mp.setattr(tables, "null_comask", spy_test)
-        mp.setattr(lifecycle, "load_model", spy_load)
+        mp.setattr(lifecycle, "load_planned_backend", spy_load)
         yield seen
 
 

@@ -14,7 +14,8 @@ SELECT c.run, c.model, r.checkpoint_sha256, r.plmscreen_version, r.input_path, r
        (r.parameters->'flag'->>'min_inflation_factor')::DOUBLE AS min_inflation_factor,
        (r.parameters->'flag'->>'min_repeat_fraction')::DOUBLE AS min_repeat_fraction,
        (r.parameters->'flag'->>'max_qvalue')::DOUBLE AS max_qvalue,
-       (r.parameters->'flag'->>'null_draws')::INTEGER AS null_draws
+       (r.parameters->'flag'->>'null_draws')::INTEGER AS null_draws,
+       r.model_family
 FROM counts AS c
 LEFT JOIN runs AS r ON r.run = c.run
 WHERE $run IS NULL OR c.run = $run

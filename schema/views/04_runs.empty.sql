@@ -6,5 +6,6 @@ SELECT * FROM (
            NULL::VARCHAR AS input_sha256, NULL::TIMESTAMPTZ AS created_utc, NULL::BIGINT AS n_scored,
            NULL::BIGINT AS n_rejected, NULL::BIGINT AS n_shards, NULL::JSON AS failed_shards,
            NULL::VARCHAR AS checkpoint_path, NULL::JSON AS parameters, NULL::VARCHAR AS deployment,
-           NULL::BIGINT AS n_reused, NULL::BIGINT AS n_duplicates, NULL::JSON AS model_info
+           NULL::BIGINT AS n_reused, NULL::BIGINT AS n_duplicates, NULL::VARCHAR AS model_family,
+           NULL::VARCHAR AS model_id, NULL::JSON AS weight_sha256, NULL::JSON AS model_info
 ) WHERE false;

@@ -46,8 +46,12 @@ from plmscreen.screening.experiments.settings import (
     ValidationSettings,
 )
 from plmscreen.screening.input import STANDARD_RESIDUES, read_fasta
-from plmscreen.screening.model.checkpoints import LoadedModel, load_model
-from plmscreen.screening.score.scorer import Scorer, ScoringOptions
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+from plmscreen.screening.model.backends.resolve import load_backend
+from plmscreen.screening.model.backends.scorer import scorer_for
+from plmscreen.screening.model.checkpoints import LoadedModel
+from plmscreen.screening.score.scorer import ScoringOptions
 
 
 def select_proteins(fasta: str | Path, settings: ValidationSettings) -> tuple[list[tuple[str, str]], str]:
@@ -68,7 +72,7 @@ def select_proteins(fasta: str | Path, settings: ValidationSettings) -> tuple[li
 
 
 def run_validation(
-    model: str | LoadedModel = "plmscreen-mini",
+    model: str | LoadedModel | Backend = "plmscreen-mini",
     fasta: str | Path | None = None,
     out_dir: str | Path | None = None,
     settings: ValidationSettings = ValidationSettings(),
@@ -77,8 +81,10 @@ def run_validation(
     weights_dir: str | Path | None = None,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
+    hub_download: bool = False,
 ) -> ValidationReport:
-    """Run every experiment on ``model``; write index.html, plots and tables to ``out_dir`` if given.
+    """Run every experiment on ``model`` (any ``--model`` a screen takes, or a loaded model of any
+    family); write index.html, plots and tables to ``out_dir`` if given.
 
     >>> report = run_validation("plmscreen-mini", out_dir="validation-out")  # doctest: +SKIP
     >>> report.verdicts["doubling"]  # doctest: +SKIP
@@ -88,11 +94,16 @@ def run_validation(
     progress = progress or (lambda message: None)
     fasta = Path(fasta) if fasta is not None else DEFAULT_FASTA
     proteins, fasta_sha256 = select_proteins(fasta, settings)  # before the model: input errors come fast
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights_dir=weights_dir, device=device)
+    if isinstance(model, Backend):
+        loaded = model
+    elif isinstance(model, LoadedModel):
+        loaded = FairEsmBackend(model)
+    else:
+        loaded = load_backend(model, weights_dir=weights_dir, device=device, hub_download=hub_download)
     if settings.longest_construct > loaded.max_residues:
         raise ValidationInputError(f"the longest construct ({settings.longest_construct} residues) exceeds the "
                                    f"model window ({loaded.max_residues}); shorten the units, spacers or crop")
-    scorer = Scorer(loaded, ScoringOptions(batch_tokens=settings.batch_tokens))
+    scorer = scorer_for(loaded, ScoringOptions(batch_tokens=settings.batch_tokens))
     ctx = _Context(scorer, proteins, settings)
 
     experiments = []

@@ -210,7 +210,8 @@ def build_report(store: str | Path, run: str | None = None, max_sequences: int =
                      f"Choose with <code>--run</code>.</p>")
 
     summary_rows = [
-        ("Run", info["run"]), ("Model", info["model"]), ("Checkpoint sha256", info["checkpoint_sha256"]),
+        ("Run", info["run"]), ("Model", info["model"]), ("Model family", info.get("model_family")),
+        ("Checkpoint sha256", info["checkpoint_sha256"]),
         ("Input", info["input_path"]), ("Input sha256", info["input_sha256"]), ("Created", info["created_utc"]),
         ("plmscreen version", info["plmscreen_version"]), ("Sequences scored", info["n_sequences"]),
         ("Residues scored", info["n_residues"]), ("Records rejected", info["n_rejected"]),

@@ -209,7 +209,8 @@ def render_html(report: ValidationReport) -> str:
 <p>Validation of the in-context look-up reported by Kantroo, Wagner &amp; Machta (arXiv 2504.17068): a masked
 protein LM predicts a masked residue by copying the partner copy of a repeat. Each experiment states the
 direction the paper leads us to expect and whether this model shows it.</p>
-<p>Model <code>{html.escape(model['model_name'])}</code> ({model['num_layers']} layers, embed {model['embed_dim']},
+<p>Model <code>{html.escape(model['model_name'])}</code> ({html.escape(str(model.get('model_family', 'fair-esm')))},
+{model.get('num_layers', '?')} layers, embed {model.get('embed_dim', '?')},
 {model['num_parameters']:,} parameters), checkpoint sha256 <code>{model['checkpoint_sha256']}</code>.
 Proteins: {len(report.proteins)} from <code>{html.escape(Path(report.fasta).name)}</code>
 (sha256 <code>{report.fasta_sha256[:16]}…</code>), central crops of {settings.crop_length} residues
@@ -247,4 +248,55 @@ def write_validation_page(report: ValidationReport, out_dir: str | Path) -> Path
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=float) + "\n")
     index = out / "index.html"
     index.write_text(render_html(report))
+    return index
+
+
+def render_comparison_html(reports: list[ValidationReport], pages: list[str]) -> str:
+    """One page putting several models side by side on the same constructs: per experiment, each
+    model's verdict and headline numbers, linking to each model's own page (``pages``)."""
+    heads = "".join(f'<th><a href="{html.escape(page)}">{html.escape(r.model["model_name"])}</a></th>'
+                    for r, page in zip(reports, pages))
+    model_rows = []
+    for label, key in (("family", "model_family"), ("parameters", "num_parameters"), ("layers", "num_layers"),
+                       ("window", "max_residues"), ("normalised over", "normalise"),
+                       ("checkpoint sha256", "checkpoint_sha256")):
+        cells = "".join(f"<td>{_cell(r.model.get(key, ''))}</td>" for r in reports)
+        model_rows.append(f"<tr><th>{label}</th>{cells}</tr>")
+    rows = []
+    for e in reports[0].experiments:
+        cells = ""
+        for r, page in zip(reports, pages):
+            other = r.experiment(e.key)
+            cells += (f'<td>{_badge(other.shown)}<br><a href="{html.escape(page)}#{e.key}">'
+                      f"{html.escape(other.observed)}</a></td>")
+        rows.append(f"<tr><th>{html.escape(e.title)}</th>{cells}</tr>")
+    first = reports[0]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>plmscreen validation: {len(reports)} models</title>
+<style>{CSS}</style></head><body>
+<h1>Do these models copy from repeat partners?</h1>
+<p>The same constructs ({len(first.proteins)} proteins from <code>{html.escape(Path(first.fasta).name)}</code>,
+sha256 <code>{first.fasta_sha256[:16]}…</code>, seed {first.settings.seed}) scored by each model; each column
+links to that model's full page. Verdict rule and methods as on each model's page.</p>
+<table><tr><th></th>{heads}</tr>{''.join(model_rows)}</table>
+<h2>Experiments</h2>
+<table><tr><th>experiment</th>{heads}</tr>{''.join(rows)}</table>
+<p>Everything on this page is also in <a href="comparison.json">comparison.json</a>.</p>
+</body></html>
+"""
+
+
+def write_comparison_page(reports: list[ValidationReport], out_dir: str | Path, subdirs: list[str]) -> Path:
+    """Each report's own page in ``out_dir/<subdir>/``, and ``out_dir/index.html`` comparing them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for report, sub in zip(reports, subdirs):
+        write_validation_page(report, out / sub)
+    pages = [f"{sub}/index.html" for sub in subdirs]
+    comparison = {"models": [{"page": page, "model": r.model, "verdicts": r.verdicts,
+                              "observed": {e.key: e.observed for e in r.experiments}}
+                             for r, page in zip(reports, pages)]}
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, default=float) + "\n")
+    index = out / "index.html"
+    index.write_text(render_comparison_html(reports, pages))
     return index

@@ -107,6 +107,8 @@ class RunStatus:
     shards: dict[str, int] = field(default_factory=dict)  # count per state, every state present
     n_sequences: int = 0
     calibration: dict | None = None  # the flag calibration the run used, or why none (run.json's too)
+    model_family: str | None = None  # the backend (None in runs registered before catalog 0004)
+    weight_sha256: dict | None = None  # weight file name -> sha256
 
     @property
     def n_shards(self) -> int:
@@ -268,7 +270,8 @@ class Catalog:
     def register_run(self, run_id: str, *, input_path: str | Path | None = None, input_sha256: str | None = None,
                      model_name: str | None = None, checkpoint_sha256: str | None = None,
                      parameters: dict | None = None, plmscreen_version: str | None = None,
-                     store_path: str | Path | None = None, calibration: dict | None = None) -> bool:
+                     store_path: str | Path | None = None, calibration: dict | None = None,
+                     model_family: str | None = None, weight_sha256: dict | None = None) -> bool:
         """Record a run; True if it is new. An existing run is kept (its shards resume); if it had
         failed or was cancelled it becomes ``running`` again. Run ids name the input, checkpoint and
         parameters, so a different input or checkpoint sha256 under the same id is an error."""
@@ -276,7 +279,7 @@ class Catalog:
                       input_path=None if input_path is None else str(input_path), input_sha256=input_sha256,
                       model_name=model_name, checkpoint_sha256=checkpoint_sha256, parameters=parameters,
                       plmscreen_version=plmscreen_version, store_path=None if store_path is None else str(store_path),
-                      calibration=calibration)
+                      calibration=calibration, model_family=model_family, weight_sha256=weight_sha256)
         with self.engine.begin() as conn:
             # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING here.
             inserted = conn.execute(self._insert(conn, Run.__table__).values(**values)
@@ -332,7 +335,7 @@ class Catalog:
             RunStatus(r.id, r.status, r.started_at, r.finished_at, r.input_path, r.input_sha256, r.model_name,
                       r.checkpoint_sha256, r.parameters, r.plmscreen_version, r.store_path,
                       {s: shard_counts.get(r.id, {}).get(s, 0) for s in SHARD_STATES}, sequences.get(r.id, 0),
-                      calibration=r.calibration)
+                      calibration=r.calibration, model_family=r.model_family, weight_sha256=r.weight_sha256)
             for r in runs
         ]
 

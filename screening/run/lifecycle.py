@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plmscreen.screening.input import ProteinRecord
-from plmscreen.screening.model.checkpoints import (
-    LoadedModel,
-    load_model,
-)
+from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+from plmscreen.screening.model.backends.scorer import scorer_for
+from plmscreen.screening.model.checkpoints import LoadedModel, ModelLoadError
 from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.claims import claim_lease_seconds, claim_or_wait, lease_heartbeat
 from plmscreen.screening.run.plan import RunPlan, prepare_run
 from plmscreen.screening.run.reuse import load_stored
 from plmscreen.screening.run.settings import ScreenSettings
 from plmscreen.screening.run.tables import score_shard, write_shard
+from plmscreen.screening.run.workers import load_planned_backend
 from plmscreen.screening.score.scorer import Scorer
 from plmscreen.screening.store.layout import run_json_path, run_parts
 
@@ -143,6 +144,9 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
 
     with plan.open_catalog() as catalog:
         catalog.finish_run(plan.run_id, "failed" if failed else "done")
+    # What the planner recorded (family, model id, every weight file's digest) under what the
+    # loaded model describes; a flow's workers load the model, so the flow passes only its name.
+    model = {**{k: plan.metadata[k] for k in PLANNED_MODEL_FIELDS if k in plan.metadata}, **model}
     rows: list[dict] = []
     for path in run_parts(plan.store, "sequences", plan.model_name, plan.run_id):
         rows += pq.read_table(path).to_pylist()
@@ -207,18 +211,23 @@ def write_verdicts(plan: RunPlan, rows: list[dict]) -> None:
     write_parquet_atomic(with_metadata(table, plan.metadata), path)
 
 
+PLANNED_MODEL_FIELDS = ("model_name", "model_family", "model_id", "checkpoint_path", "checkpoint_sha256",
+                        "weight_sha256")
+
+
 def run_screen(
     input_path: str | Path,
     out_dir: str | Path,
     settings: ScreenSettings = ScreenSettings(),
     skip_invalid: bool = False,
     overwrite: bool = False,
-    loaded: LoadedModel | None = None,
+    loaded: LoadedModel | Backend | None = None,
     on_sequence_done: Callable[[ProteinRecord], None] | None = None,
     on_start: Callable[[list[ProteinRecord]], None] | None = None,
     catalog_url: str | None = None,
 ) -> ScreenSummary:
-    """Screen a FASTA file into the store ``out_dir`` in this process; a rerun resumes the same run."""
+    """Screen a FASTA file into the store ``out_dir`` in this process; a rerun resumes the same run.
+    ``loaded``: a model already loaded (any backend), checked against the plan's checkpoint digest."""
     started = time.perf_counter()
     plan = prepare_run(input_path, out_dir, settings, skip_invalid, overwrite, catalog_url)
     scorers: list[Scorer] = []
@@ -229,9 +238,13 @@ def run_screen(
         nonlocal loaded
         if not scorers:
             if loaded is None:
-                loaded = load_model(settings.model, settings.weights_dir, settings.device,
-                                    expected_sha256=plan.checkpoint_sha256, planned_identity=plan.checkpoint_identity)
-            scorers.append(Scorer(loaded, settings.scoring))
+                loaded = load_planned_backend(plan)
+            elif isinstance(loaded, LoadedModel):
+                loaded = FairEsmBackend(loaded)
+            if loaded.checkpoint_sha256 != plan.checkpoint_sha256:
+                raise ModelLoadError(f"the model given has sha256 {loaded.checkpoint_sha256}, but run {plan.run_id} "
+                                     f"was planned with {plan.checkpoint_sha256}")
+            scorers.append(scorer_for(loaded, settings.scoring))
         return scorers[0]
 
     with plan.open_catalog() as catalog:

@@ -17,12 +17,8 @@ from plmscreen import screening
 from plmscreen.schema.arrow import SCHEMA_VERSION
 from plmscreen.screening.errors import CatalogError
 from plmscreen.screening.input import InvalidFastaError, ProteinRecord, RejectedRecord, read_fasta, write_rejects
-from plmscreen.screening.model.checkpoints import (
-    ESM2_MAX_RESIDUES,
-    CheckpointIdentity,
-    file_sha256,
-    resolve_checkpoint,
-)
+from plmscreen.screening.model.backends.resolve import plan_checkpoint
+from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES, CheckpointIdentity
 from plmscreen.screening.run.calibrations import apply_calibration
 from plmscreen.screening.run.catalog import Catalog
 from plmscreen.screening.run.reuse import ReuseSource, find_sources, source_for_part
@@ -35,9 +31,9 @@ def shard_cost(length: int, window: int = ESM2_MAX_RESIDUES) -> int:
     return length * min(length, window)
 
 
-def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int) -> list[tuple[int, int]]:
+def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int, window: int = ESM2_MAX_RESIDUES) -> list[tuple[int, int]]:
     """Consecutive record ranges (first, last; 0-based inclusive) of about ``shard_tokens`` cost each."""
-    return plan_cost_ranges([shard_cost(len(record.sequence)) for record in records], shard_tokens)
+    return plan_cost_ranges([shard_cost(len(record.sequence), window) for record in records], shard_tokens)
 
 
 def plan_cost_ranges(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
@@ -54,9 +50,14 @@ def plan_cost_ranges(costs: Sequence[int], budget: int) -> list[tuple[int, int]]
     return shards
 
 
-def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings) -> str:
-    """The same input, checkpoint and parameters always name the same run (reruns resume, never duplicate)."""
-    key = json.dumps({"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.identity()}, sort_keys=True)
+def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings, model: dict | None = None) -> str:
+    """The same input, checkpoint and parameters always name the same run (reruns resume, never duplicate).
+    ``model``: what else decides the numbers for families other than fair-esm (config, window,
+    normalisation: ``PlannedCheckpoint.identity_key``); fair-esm run ids are unchanged."""
+    identity = {"input": input_sha256, "checkpoint": checkpoint_sha256, "parameters": settings.identity()}
+    if model is not None:
+        identity["model"] = model
+    key = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -84,6 +85,7 @@ class RunPlan:
     reuse_sources: dict[str, ReuseSource] = dataclasses.field(default_factory=dict)
     # Sequences that occur in more than one shard: the shard and id of their first record.
     first_copies: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    model_family: str = "fair-esm"  # the backend workers load (screening/model/backends)
 
     def shard_records(self, index: int) -> list[ProteinRecord]:
         first, last = self.shards[index]
@@ -175,17 +177,17 @@ def prepare_run(
     contents = read_fasta(input_path)
     if contents.rejects and not skip_invalid:
         raise InvalidFastaError(input_path, contents.rejects)
+    # The model's family, files, digests and window, from config and files only (no weights built).
+    planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
+    model_name, checkpoint, checkpoint_sha256 = planned.name, planned.path, planned.sha256
     if shard_tokens_for is not None:
-        costs = [shard_cost(len(r.sequence)) for r in contents.records]
+        costs = [shard_cost(len(r.sequence), planned.window) for r in contents.records]
         settings = dataclasses.replace(settings, shard_tokens=shard_tokens_for(costs))
     elif settings.shard_tokens is None:  # no cluster to size shards for: the fixed default
         settings = dataclasses.replace(settings, shard_tokens=MAX_SHARD_TOKENS)
-    model_name, checkpoint = resolve_checkpoint(settings.model, settings.weights_dir)
-    checkpoint_identity = CheckpointIdentity.of(checkpoint)
-    checkpoint_sha256 = file_sha256(checkpoint)
     # A calibration of this checkpoint sets the flag rule unless the thresholds were set explicitly.
     settings, calibration = apply_calibration(settings, checkpoint_sha256, store, catalog_url)
-    run_id = run_id_for(contents.sha256, checkpoint_sha256, settings)
+    run_id = run_id_for(contents.sha256, checkpoint_sha256, settings, planned.identity_key())
     store.mkdir(parents=True, exist_ok=True)
     metadata = {
         "schema_version": SCHEMA_VERSION,
@@ -194,6 +196,10 @@ def prepare_run(
         "model_name": model_name,
         "checkpoint_sha256": checkpoint_sha256,
         "checkpoint_path": str(checkpoint),
+        # Backend, model id as given and each weight file's sha256 (PlannedCheckpoint.record).
+        "model_family": planned.family,
+        "model_id": planned.model,
+        "weight_sha256": planned.weight_sha256,
         "input_path": str(input_path),
         "input_sha256": contents.sha256,
         "parameters": settings.parameters(),
@@ -201,8 +207,9 @@ def prepare_run(
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(),  # microseconds: runs made within one second still order
     }
     plan = RunPlan(run_id, store, catalog_url, settings, model_name, checkpoint_sha256, input_path, contents.sha256,
-                   contents.records, contents.rejects, dict(enumerate(plan_shards(contents.records, settings.shard_budget))), metadata,
-                   checkpoint_identity=checkpoint_identity)
+                   contents.records, contents.rejects,
+                   dict(enumerate(plan_shards(contents.records, settings.shard_budget, planned.window))), metadata,
+                   checkpoint_identity=planned.identity, model_family=planned.family)
     with plan.open_catalog() as catalog:
         if overwrite:
             from plmscreen.screening.store.runs import delete_run  # the one way a run is deleted (also `runs delete`)
@@ -215,6 +222,7 @@ def prepare_run(
             write_rejects(contents.rejects, plan.rejects_file)
         catalog.register_run(run_id, input_path=input_path, input_sha256=contents.sha256, model_name=model_name,
                              checkpoint_sha256=checkpoint_sha256, parameters=settings.parameters(),
+                             model_family=planned.family, weight_sha256=planned.weight_sha256,
                              plmscreen_version=screening.__version__, store_path=store, calibration=calibration)
         plan.shards = register_shards(catalog, run_id, contents.records, plan.shards)
     if settings.reuse:

@@ -46,6 +46,9 @@ class ScreenSettings:
 
     model: str = "plmscreen-mini"
     weights_dir: str | None = None
+    # A Hugging Face hub id not found locally may be downloaded (config, tokenizer, safetensors).
+    # Off by default: screens run offline. Not part of the run's identity (the files' digests are).
+    hub_download: bool = False
     device: str = "auto"
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     repeats: RepeatParams = field(default_factory=RepeatParams)
@@ -116,7 +119,7 @@ class ScreenSettings:
     def parameters(self) -> dict:
         """The parameters recorded with a run (the model is recorded by name and checkpoint sha256)."""
         data = self.to_dict()
-        for name in ("model", "weights_dir", "device"):
+        for name in ("model", "weights_dir", "hub_download", "device"):
             data.pop(name)
         data["shard_tokens"] = self.shard_tokens or MAX_SHARD_TOKENS
         return data

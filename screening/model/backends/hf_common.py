@@ -67,7 +67,7 @@ def resolve_hf(model: str, weights_dir: str | Path | None = None, allow_download
         places = "\n".join(f"  {p}" for p in looked)
         raise ModelLoadError(
             f"model '{model}' not found. Looked for:\n{places}\n  download not allowed (offline by default "
-            f"for hub ids; allow it explicitly, or put the checkpoint directory in --weights-dir / ${WEIGHTS_DIR_ENV})"
+            f"for hub ids; allow it with --hub-download, or put the checkpoint directory in --weights-dir / ${WEIGHTS_DIR_ENV})"
         )
     try:
         from huggingface_hub import snapshot_download

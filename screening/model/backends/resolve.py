@@ -12,14 +12,21 @@ fair-esm); hub ids download only with ``hub_download=True``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from plmscreen.screening.model.backends.base import Backend
+from plmscreen.screening.model.backends.base import Backend, weights_sha256
 from plmscreen.screening.model.backends.carp import CARP_MODELS, is_carp_checkpoint
 from plmscreen.screening.model.backends.hf_common import is_hf_dir, looks_like_hub_id, read_config, resolve_hf
-from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, ESM2_MODELS, ModelLoadError
+from plmscreen.screening.model.checkpoints import (
+    BUNDLED_MODELS,
+    ESM2_MODELS,
+    CheckpointIdentity,
+    ModelLoadError,
+    file_sha256,
+)
 
 FAMILIES = ("fair-esm", "carp", "hf-esm", "hf-esmc")
 HF_MODEL_TYPES = {"esm": "hf-esm", "esmc": "hf-esmc"}
@@ -96,10 +103,14 @@ def load_backend(model: str, weights_dir=None, device: str = "auto", allow_downl
 def model_window(model: str, weights_dir=None) -> int:
     """The window ``load_backend(model)`` will use, from names and config.json only (no weights
     read): what shard planning (``screen.shard_cost``) needs before any worker loads the model."""
+    family, _, directory = resolve_model(model, weights_dir)
+    return _window(family, directory)
+
+
+def _window(family: str, directory: Path | None) -> int:
     from plmscreen.screening.model.backends.carp import CARP_MAX_RESIDUES
     from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES
 
-    family, _, directory = resolve_model(model, weights_dir)
     if family == "fair-esm":
         return ESM2_MAX_RESIDUES
     if family == "carp":
@@ -111,3 +122,71 @@ def model_window(model: str, weights_dir=None) -> int:
     if config.get("position_embedding_type", "absolute") == "rotary":
         return ESM2_MAX_RESIDUES
     return min(ESM2_MAX_RESIDUES, positions - config.get("pad_token_id", 1) - 3)
+
+
+@dataclass(frozen=True)
+class PlannedCheckpoint:
+    """What a run is planned with, before any worker loads the model: the family, the files and
+    their digests (what workers must find again), the window and the default normalisation."""
+
+    model: str  # the --model string as given
+    family: str
+    name: str  # display name: the partition key model=<name> of the store
+    path: Path  # the checkpoint file, or the HF checkpoint directory
+    sha256: str  # Backend.checkpoint_sha256: one file's digest, or of the shards' "name<TAB>sha256" lines
+    weight_sha256: dict[str, str]  # weight file name -> its own sha256
+    window: int
+    normalise: str
+    size_bytes: int  # the weights on disk (the cluster plan sizes workers' memory by it)
+    identity: CheckpointIdentity | None = None  # single-file checkpoints: the version that was hashed
+    config_sha256: str | None = None  # HF: config.json decides the architecture, window and tokens
+
+    def record(self) -> dict:
+        """What run.json, the catalog and every Parquet file record about the planned model."""
+        return {"model_id": self.model, "model_family": self.family, "model_name": self.name,
+                "checkpoint_path": str(self.path), "checkpoint_sha256": self.sha256,
+                "weight_sha256": dict(self.weight_sha256), "max_residues": self.window,
+                "normalise": self.normalise,
+                **({"config_sha256": self.config_sha256} if self.config_sha256 else {})}
+
+    def identity_key(self) -> dict | None:
+        """What besides the weights' digest changes a run's numbers: nothing for fair-esm (whose
+        run ids stay what they were), the family, config, window and normalisation for the rest."""
+        if self.family == "fair-esm":
+            return None
+        return {"family": self.family, "config_sha256": self.config_sha256, "window": self.window,
+                "normalise": self.normalise}
+
+
+def plan_checkpoint(model: str, weights_dir=None, hub_download: bool = False) -> PlannedCheckpoint:
+    """Resolve ``model`` and hash its weight files without building the model (hub ids are
+    downloaded only with ``hub_download``). Digests are remembered per file version in this
+    process, so the load that follows does not read the files again."""
+    family, name, directory = resolve_model(model, weights_dir, hub_download)
+    normalise = DEFAULT_NORMALISE[family]
+    if family == "fair-esm":
+        from plmscreen.screening.model.checkpoints import resolve_checkpoint
+
+        name, path = resolve_checkpoint(model, weights_dir)
+        files, config_sha256 = [path], None
+    elif family == "carp":
+        from plmscreen.screening.model.backends.carp import resolve_carp
+
+        name, path = resolve_carp(model, weights_dir)
+        files, config_sha256 = [path], None
+    else:
+        import hashlib
+
+        from plmscreen.screening.model.backends.hf_common import weight_files
+
+        path = directory
+        name = name or directory.resolve().name
+        files = weight_files(directory)
+        config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    digests = {f.name: file_sha256(f) for f in files}
+    return PlannedCheckpoint(
+        model=model, family=family, name=name, path=Path(path), sha256=weights_sha256(files),
+        weight_sha256=digests, window=_window(family, directory), normalise=normalise,
+        size_bytes=sum(f.stat().st_size for f in files),
+        identity=CheckpointIdentity.of(path) if family in ("fair-esm", "carp") else None,
+        config_sha256=config_sha256)

@@ -56,3 +56,14 @@ class BackendScorer(Scorer):
             query[row, : len(job.read)] = torch.tensor(job.read) - job.start + backend.offset
         device = backend.device
         return self._forward(tokens.to(device), query.to(device)).float().cpu()
+
+
+def scorer_for(backend: Backend, options: ScoringOptions = ScoringOptions()) -> Scorer:
+    """The scorer a screen uses for ``backend``: fair-esm ESM-2 keeps the native ``Scorer`` on its
+    ``LoadedModel`` (today's code path, so today's numbers to the bit); every other family scores
+    through ``BackendScorer``."""
+    from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
+
+    if isinstance(backend, FairEsmBackend) and backend.normalise == "vocabulary":
+        return Scorer(backend.loaded, options)
+    return BackendScorer(backend, options)
