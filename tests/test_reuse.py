@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, write_esm2_checkpoint
+from plmscreen.screening.model.checkpoints import load_model
 from plmscreen.screening.input import read_fasta
 from plmscreen.screening.run import lifecycle, tables
 from plmscreen.screening.run.lifecycle import process_shard, run_screen
@@ -235,7 +236,7 @@ def test_a_resumed_rescreen_whose_sources_vanish_scores_them_and_writes_each_seq
     settings = releases["strict"]
     plan = prepare_run(releases["fasta_2"], store, settings)
     assert len(plan.shards) >= 3 and set(plan.reuse_sources) == {r.sha256 for r in plan.records}
-    scorer = lambda: Scorer(lifecycle.load_model(str(settings.model), device="cpu"), settings.scoring)  # noqa: E731
+    scorer = lambda: Scorer(load_model(str(settings.model), device="cpu"), settings.scoring)  # noqa: E731
     with plan.open_catalog() as catalog:
         first = process_shard(scorer, plan, 0, catalog)
         assert (first.n_scored, first.n_reused) == (0, first.n_sequences)

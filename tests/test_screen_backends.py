@@ -38,7 +38,9 @@ FAMILIES = ("fair-esm", "hf-esm", "hf-esmc", "carp")
 # threshold by at least one model of each family (tandem7 by the ESM-2 pair, tandem15 by ESM C and
 # CARP), so the flagged path (diagnostics) runs on every backend.
 FASTA = SINGLE_DOUBLED_SHORT + f">tandem7\n{UNIT[20:27] * 11}\n>tandem15\n{UNIT[:15] * 5}\n"
-FLAG = ("--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.05")
+# The partner test's q-value gate is opened (1): random weights cannot pass it, and these tests
+# need the flagged path on every backend (tests/test_partner_test.py tests the gate itself).
+FLAG = ("--min-inflation-factor", "1.0", "--min-repeat-fraction", "0.05", "--max-qvalue", "1")
 
 
 def sha256(path) -> str:
@@ -82,6 +84,8 @@ def read_store(out):
             by_seq.setdefault(row["seq_id"], []).append(row)
     seqs = {row["seq_id"]: row for part in sequences for row in pq.read_table(part).to_pylist()}
     assert set(seqs) == set(by_seq) == {"single", "doubled", "short", "tandem7", "tandem15"}
+    for verdict in pq.read_table(out / "runs" / run_id / "verdicts.parquet").to_pylist():  # the run-wide flag
+        seqs[verdict["seq_id"]].update(flagged=verdict["flagged"], partner_qvalue=verdict["partner_qvalue"])
     metadata = [read_metadata(p) for p in residues + sequences]
     assert all(m == metadata[0] for m in metadata)  # every file of the run records the same model
     run_json = json.loads((out / "runs" / run_id / "run.json").read_text())
