@@ -19,7 +19,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
-RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run) and rejects.tsv
+RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run), rejects.tsv and input.fasta
 VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
 QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
 _INFO_TABLE = "plmscreen_views_info"
@@ -148,3 +148,17 @@ def run_info_dir(store: Path, run_id: str) -> Path:
 
 def run_json_path(store: Path, run_id: str) -> Path:
     return run_info_dir(store, run_id) / "run.json"
+
+
+def run_input_path(store: Path, run_id: str) -> Path:
+    """STORE/runs/<run_id>/input.fasta: the run's input as planned (decompressed), which shard
+    tasks read their records from (workers need the store, not the input's own path)."""
+    return run_info_dir(store, run_id) / "input.fasta"
+
+
+def input_scan_path(store: Path) -> Path:
+    """Where a planner writes the input's copy before the run is named (renamed to run_input_path)."""
+    import os
+    import uuid
+
+    return Path(store) / RUNS_DIR / f".input-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
