@@ -35,6 +35,7 @@ STANDARD_RESIDUES = frozenset(STANDARD_ALPHABET)
 # Ambiguity and rare codes ESM-2 has seen; J has no token in the ESM-1b alphabet and scores as <unk>.
 EXTRA_RESIDUES = frozenset("XBZUOJ")
 ALLOWED_RESIDUES = STANDARD_RESIDUES | EXTRA_RESIDUES
+_BLOCK_BYTES = 1 << 22  # what the streaming reader reads at a time
 _NOT_ALLOWED = re.compile(f"[^{''.join(sorted(ALLOWED_RESIDUES))}]")
 
 
@@ -97,7 +98,7 @@ def check_sequence(raw: str) -> tuple[str, str | None]:
 
 # -- Streaming: records located by byte offsets ----------------------------------------------------
 #
-# A proteome does not have to fit in memory: ``scan_fasta`` reads the file once, line by line, and
+# A proteome does not have to fit in memory: ``scan_fasta`` reads the file once, in large blocks, and
 # keeps per valid record only its byte span, length and a sequence key (numpy arrays, ~40 bytes a
 # record); ``read_span`` parses the records of one byte span back (a shard's task reads only its
 # own). Both go through ``_raw_records`` and ``_judge``: one policy for whole files and spans.
@@ -113,14 +114,62 @@ class _RawRecord:
     problem: str | None  # the first line-level problem (whitespace inside the sequence)
 
 
-def _raw_records(lines: Iterable[bytes], copy: BinaryIO | None = None, offset: int = 0, number: int = 0,
+def _raw_records(stream: BinaryIO, copy: BinaryIO | None = None, offset: int = 0, number: int = 0,
                  preamble: list | None = None) -> Iterator[_RawRecord]:
-    """Records of binary FASTA ``lines`` as Biopython's SimpleFastaParser splits them, with what it
+    """Records of a binary FASTA stream as Biopython's SimpleFastaParser splits them, with what it
     silently forgives noted: text before the first header (appended to ``preamble``) and whitespace
-    inside sequence lines. Every line is also written to ``copy`` when given."""
+    inside sequence lines. The stream is read in large blocks (copied to ``copy`` when given) and
+    cut at header lines; a record whose sequence lines are plain letters (nearly all) is taken in a
+    few C-speed calls, any other goes through the line-by-line rules (``_line_records``)."""
+    for start, chunk, line_no in _record_chunks(stream, copy, offset):
+        if chunk[:1] == b">" and b"\r" not in chunk:
+            newline = chunk.find(b"\n")
+            title, body = (chunk[1:], b"") if newline < 0 else (chunk[1:newline], chunk[newline + 1:])
+            sequence = body.replace(b"\n", b"")
+            if not sequence or sequence.isalpha():
+                number += 1
+                yield _RawRecord(number, start, start + len(chunk), title.rstrip(), [sequence] if sequence else [], None)
+                continue
+        for record in _line_records(chunk.splitlines(keepends=True), start, number, line_no, preamble):
+            number = record.number
+            yield record
+
+
+def _record_chunks(stream: BinaryIO, copy: BinaryIO | None, offset: int) -> Iterator[tuple[int, bytes, int]]:
+    """(byte offset, bytes, line number of its first line) of each piece of the stream that starts
+    at a header line ('>' at a line start; the first piece may be text before any header)."""
+    pending, line_no = b"", 1
+    while True:
+        block = stream.read(_BLOCK_BYTES)
+        if copy is not None and block:
+            copy.write(block)
+        pending += block
+        if block:
+            cut = pending.rfind(b"\n>")
+            if cut < 0:
+                continue
+            data, pending = pending[:cut + 1], pending[cut + 1:]
+        else:
+            data, pending = pending, b""
+        at = 0
+        while at < len(data):
+            following = data.find(b"\n>", at)
+            end = len(data) if following < 0 else following + 1
+            piece = data[at:end]
+            yield offset, piece, line_no
+            offset += len(piece)
+            line_no += len(piece.splitlines()) if b"\r" in piece else piece.count(b"\n")  # universal newlines
+            at = end
+        if not block:
+            return
+
+
+def _line_records(lines: Iterable[bytes], offset: int, number: int, line_no: int,
+                  preamble: list | None) -> Iterator[_RawRecord]:
+    """The line-by-line rules for the records in ``lines`` (the first numbered ``line_no``)."""
     record: _RawRecord | None = None
-    line_no = 0
-    for line in _universal_lines(lines, copy):
+    line_no -= 1
+    for line in _universal_lines(lines):
         line_no += 1
         if line[:1] == b">":
             if record is not None:
@@ -131,7 +180,7 @@ def _raw_records(lines: Iterable[bytes], copy: BinaryIO | None = None, offset: i
         else:
             body = line.rstrip()
             spaced = False
-            if body and not body.isalpha():  # rare: look at it as text (Unicode whitespace too)
+            if body and not body.isalpha():  # look at it as text (Unicode whitespace too)
                 text = body.decode("utf-8", "replace").rstrip()
                 body, spaced = text.encode(), any(c.isspace() for c in text)
             if body:
@@ -148,12 +197,10 @@ def _raw_records(lines: Iterable[bytes], copy: BinaryIO | None = None, offset: i
         yield record
 
 
-def _universal_lines(lines: Iterable[bytes], copy: BinaryIO | None) -> Iterator[bytes]:
+def _universal_lines(lines: Iterable[bytes]) -> Iterator[bytes]:
     """Binary lines split the way text mode's universal newlines split them (a lone ``\\r`` ends a
-    line too), each written to ``copy`` when given."""
+    line too)."""
     for line in lines:
-        if copy is not None:
-            copy.write(line)
         if b"\r" in line and not (line.endswith(b"\r\n") and line.count(b"\r") == 1):
             yield from line.splitlines(keepends=True)
         else:

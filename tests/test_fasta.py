@@ -192,10 +192,14 @@ def _random_fasta(rng) -> str:
     return rng.choice(["\n", "\r\n"]).join(lines) + rng.choice(["", "\n"])
 
 
-def test_streaming_reader_agrees_with_the_whole_file_reader_on_random_inputs(tmp_path):
+@pytest.mark.parametrize("block_bytes", [1 << 22, 3, 17])  # records cut across the reader's blocks too
+def test_streaming_reader_agrees_with_the_whole_file_reader_on_random_inputs(tmp_path, monkeypatch, block_bytes):
     import random
 
-    rng = random.Random(13)
+    import plmscreen.screening.input as input_module
+
+    monkeypatch.setattr(input_module, "_BLOCK_BYTES", block_bytes)
+    rng = random.Random(13 + block_bytes)
     for trial in range(400):
         text = _random_fasta(rng)
         path = _write(tmp_path, text, f"t{trial}.fasta")

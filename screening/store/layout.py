@@ -19,6 +19,8 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
+COMPACTED_PART = "part-compacted.parquet"  # a compacted partition's one file (screening/store/compact.py)
+COMPACT_DIR = ".compact"  # STORE/.compact/<run>/: a compaction's staging area, outside every view's glob
 RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run), rejects.tsv and input.fasta
 VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
 QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
@@ -162,3 +164,8 @@ def input_scan_path(store: Path) -> Path:
     import uuid
 
     return Path(store) / RUNS_DIR / f".input-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def compaction_dir(store: Path) -> Path:
+    """STORE/.compact: where compaction builds partitions before swapping them in."""
+    return Path(store) / COMPACT_DIR
