@@ -236,7 +236,37 @@ def measure(args) -> None:
     results["machine"] = machine()
     results[args.label] = {"store": {k: v for k, v in info.items() if k != "runs"}, "runs": info["runs"], "measurements": rows}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(results))
     print(f"wrote {args.out}")
+
+
+def markdown(r: dict) -> str:
+    labels = [k for k in r if k != "machine"]
+    lines = ["# Query latency on synthetic stores", "",
+             f"Machine: {r['machine']} (shared with other jobs while measured: timings are upper bounds). "
+             "Script: `bench/bench_store_scale.py` (build, measure). Each named query runs in its own process: "
+             "'open' is `open_store` (views refreshed, every file's schema version read), then the query twice "
+             "(first, second); peak RSS of that process. `flagged` and `report` are whole CLI commands (their wall "
+             "includes the CLI's start-up, measured alone as `plmscreen --version`).", ""]
+    for label in labels:
+        st = r[label]["store"]
+        lines.append(f"- **{label}**: {st['sequences']:,} sequences, {st['residues']:,} residue rows, {st['part_files']:,} part files "
+                     f"at build, {sum(st['bytes'].values()) / 1e6:.0f} MB ({', '.join(f'{k} {v / 1e6:.0f} MB' for k, v in st['bytes'].items())}).")
+    lines += ["", "| what | " + " | ".join(f"{label}: open / first / second (s), RSS MiB" for label in labels) + " |",
+              "|---|" + "---|" * len(labels)]
+    whats = list(dict.fromkeys(m["what"] for label in labels for m in r[label]["measurements"]))
+    for what in whats:
+        cells = []
+        for label in labels:
+            m = next((m for m in r[label]["measurements"] if m["what"] == what), None)
+            if m is None:
+                cells.append("")
+            elif "first_s" in m:
+                cells.append(f"{m['open_s']:.2f} / {m['first_s']:.2f} / {m['second_s']:.2f}, {m['peak_rss_mib']}")
+            else:
+                cells.append(f"{m['process_wall_s']:.1f} (whole process), {m['peak_rss_mib']}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
