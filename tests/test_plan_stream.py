@@ -110,3 +110,29 @@ def test_an_invalid_input_leaves_no_store_and_no_copy(tmp_path, tiny_checkpoint)
     with pytest.raises(InvalidFastaError):
         prepare_run(fasta, existing, settings_for(tiny_checkpoint))
     assert list(existing.rglob("*")) == []
+
+
+def test_plan_only_registers_the_run_scores_nothing_and_a_screen_resumes_it(tmp_path, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from plmscreen.cli.main import app
+    from plmscreen.screening.run.catalog import Catalog
+
+    fasta = example_fasta(tmp_path / "in.fasta", 8)
+    store = tmp_path / "store"
+    args = ["screen", str(fasta), "--out", str(store), "--model", str(tiny_checkpoint), "--device", "cpu",
+            "--shard-tokens", "40000"]
+    planned = CliRunner().invoke(app, [*args, "--plan-only"])
+    assert planned.exit_code == 0, planned.output
+    run_id = planned.output.split("Planned run ", 1)[1].split(":", 1)[0]
+    assert "8 sequences" in planned.output and "Nothing was scored" in planned.output
+    with Catalog.open(None, store) as catalog:
+        shards = catalog.shards(run_id)
+        assert len(shards) >= 2 and {s.status for s in shards} == {"pending"}
+        assert len(catalog.input_sequences(run_id)) == 8
+    assert not list(store.glob("*/*/*/part-*.parquet"))
+    screened = CliRunner().invoke(app, [*args, "--in-process", "--no-progress"])
+    assert screened.exit_code == 0, screened.output
+    assert f"Run {run_id}" in screened.output and "Screened 8 sequences" in screened.output
+    with Catalog.open(None, store) as catalog:
+        assert {s.status for s in catalog.shards(run_id)} == {"done"}
