@@ -253,7 +253,7 @@ def measure(args) -> None:
 
 
 def markdown(r: dict) -> str:
-    labels = [k for k in r if k != "machine"]
+    labels = [k for k in r if k not in ("machine", "notes")]
     lines = ["# Query latency on synthetic stores", "",
              f"Machine: {r['machine']} (shared with other jobs while measured: timings are upper bounds). "
              "Script: `bench/bench_store_scale.py` (build, measure). Each named query runs in its own process: "
@@ -280,6 +280,8 @@ def markdown(r: dict) -> str:
             else:
                 cells.append(f"{m['process_wall_s']:.1f} (whole process), {m['peak_rss_mib']}")
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    if r.get("notes"):
+        lines += ["", "## What it shows", ""] + [f"- {note}" for note in r["notes"]]
     return "\n".join(lines) + "\n"
 
 

@@ -374,7 +374,9 @@ def test_the_flow_keeps_a_bounded_window_of_shard_tasks_in_flight(fasta, n_shard
     import plmscreen.flows.screen as flow_module
 
     window, seen = 2, []
-    real_as_completed = flow_module.as_completed
+    real_as_completed, real_in_flight = flow_module.as_completed, flow_module.shards_in_flight
+    assert real_in_flight(0) == flow_module.MIN_IN_FLIGHT
+    assert real_in_flight(64) == 64 * flow_module.IN_FLIGHT_PER_SLOT
 
     def watched(futures, *args, **kwargs):
         seen.append(len(futures))
@@ -391,5 +393,3 @@ def test_the_flow_keeps_a_bounded_window_of_shard_tasks_in_flight(fasta, n_shard
     assert summary["failed_shards"] == [] and summary["n_shards"] == n_shards
     assert len(seen) == n_shards and max(seen) == window and seen[-1] == 1
     assert_same_screen(store, reference, fasta)
-    assert flow_module.shards_in_flight(0) == flow_module.MIN_IN_FLIGHT
-    assert flow_module.shards_in_flight(64) == 64 * flow_module.IN_FLIGHT_PER_SLOT
