@@ -201,6 +201,8 @@ def markdown(r: dict) -> str:
                   f"- **orchestration overhead while shards run: {e['overhead_in_span_share']:.1%} of scoring time** "
                   "((span - busiest worker's shard time) / that time: task submission, Prefect task runs, claims, idle gaps);",
                   f"- fixed start-up and close (Prefect server, cluster, worker imports, planning, finalising): {e['startup_and_close_s']:.1f} s."]
+    if r.get("notes"):
+        lines += ["", "## What it shows", ""] + [f"- {note}" for note in r["notes"]]
     return "\n".join(lines) + "\n"
 
 
