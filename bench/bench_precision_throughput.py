@@ -35,18 +35,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from common import ARCHS, DEFAULT_FASTA, ECOLI_FASTA, forward_flops, machine_info, matmul_rate, pick_proteins, read_fasta, require, RESULTS_DIR, sync, write_random_checkpoint
+from common import ARCHS, DEFAULT_FASTA, ECOLI_FASTA, machine_info, matmul_rate, pick_proteins, proteome_flops, read_fasta, require, RESULTS_DIR, sync, write_random_checkpoint
 
 from plmscreen.screening.model.checkpoints import load_model
 from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 
 HUMAN_PROTEINS, HUMAN_MEAN_LENGTH = 20_400, 560
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def proteome_flops(lengths: list[int], layers: int, dim: int, vocab: int = 33, window: int = 1022) -> float:
-    """Naive-equivalent FLOPs of exact scoring: L+1 forwards of min(L, window)+2 tokens per protein."""
-    return float(sum((n + 1) * forward_flops(min(n, window) + 2, layers, dim, vocab) for n in lengths))
 
 
 def score_all(scorer: Scorer, sequences: list[str]) -> tuple[float, list]:

@@ -283,6 +283,11 @@ def forward_flops(tokens: int, layers: int, dim: int, vocab: int) -> float:
     return tokens * (layers * (24 * dim * dim + 4 * tokens * dim) + 2 * dim * dim + 2 * dim * vocab)
 
 
+def proteome_flops(lengths: list[int], layers: int, dim: int, vocab: int = 33, window: int = 1022) -> float:
+    """Naive-equivalent FLOPs of exact scoring: L+1 forwards of min(L, window)+2 tokens per protein."""
+    return float(sum((n + 1) * forward_flops(min(n, window) + 2, layers, dim, vocab) for n in lengths))
+
+
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, reps: int, budget_s: float = 10.0) -> tuple[float, int]:
     """FLOP/s of an n x n x n torch.matmul (best of ``reps`` after one warm-up) and the n used.
 

@@ -52,7 +52,7 @@ def _shard_progress(plan, enabled: bool):
     stop = threading.Event()
 
     def poll() -> None:
-        residues = {i: sum(len(r.sequence) for r in plan.shard_records(i)) for i in plan.shards}
+        residues = {i: plan.shard_residues(i) for i in plan.shards}
         bar = tqdm(total=sum(residues.values()), unit="res", unit_scale=True, file=sys.stderr, desc="scoring",
                    dynamic_ncols=True)
         started, seen, sequences = time.perf_counter(), set(), 0
@@ -135,6 +135,7 @@ def screen(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (residues and sequences per second).")] = True,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Validate the input, name the run, plan and register its shards (as a screen does first), print the plan and stop: nothing is scored, no cluster starts. A later screen resumes this plan.")] = False,
 ) -> None:
     """Score every residue (masked, unmasked, partner-ablated) and flag repeat-inflated sequences.
 
@@ -156,7 +157,7 @@ def screen(
             "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
             "calibration": calibration,
         })
-        if in_process:
+        if in_process and not plan_only:
             return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
         from plmscreen.flows.clusters import check_cluster_choice
 
@@ -166,11 +167,20 @@ def screen(
         planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
         if planned.family == "fair-esm":
             check_checkpoint(planned.path)  # the layout, read through a memory map
-        cluster, size_shards = _cluster_for(settings, planned.size_bytes, workers, gpus, scheduler)
+        cluster, size_shards = _cluster_for(settings, planned.size_bytes, workers, gpus, scheduler) if not in_process else (None, None)
         # The one reading of the input and naming of the run: the flow resumes this plan.
+        planning = time.perf_counter()
         plan = prepare_run(input, out, settings, skip_invalid, overwrite, catalog, size_shards)
+        planning = time.perf_counter() - planning
         if cluster is not None:
             typer.echo(f"Cluster: {cluster[0].describe()}", err=True)
+        if plan_only:
+            residues = sum(plan.shard_residues(i) for i in plan.shards)
+            typer.echo(f"Planned run {plan.run_id}: {plan.n_records} sequences ({residues} residues) in "
+                       f"{len(plan.shards)} shards of up to {plan.settings.shard_budget} tokens; {len(plan.rejects)} rejected; "
+                       f"registered in the catalog in {planning:.1f} s. Nothing was scored: run the same command "
+                       f"without --plan-only to screen it.")
+            return
     except InvalidFastaError as exc:
         fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
     except PlmscreenError as exc:

@@ -200,7 +200,7 @@ def register(app: typer.Typer) -> None:
         if changes.rows:
             st.write_result(pa.Table.from_pylist(changes.rows), fmt.value, out)
 
-    runs_app = typer.Typer(help="List or delete the runs of a store.", no_args_is_help=True)
+    runs_app = typer.Typer(help="List, compact or delete the runs of a store.", no_args_is_help=True)
     app.add_typer(runs_app, name="runs")
 
     @runs_app.command("list")
@@ -263,6 +263,26 @@ def register(app: typer.Typer) -> None:
                     where = f" on {s.worker}" if s.worker and s.status == "running" else ""
                     typer.echo(f"  {r.run_id} shard {s.index:>5}: records {s.first}..{s.last} {s.status:<8} "
                                f"attempts {s.attempts} {took}{where}{error}")
+
+    @runs_app.command("compact")
+    def runs_compact(
+        store: StoreArg,
+        runs: Annotated[Optional[list[str]], typer.Argument(help="Run ids to compact (default: every finished run).")] = None,
+    ) -> None:
+        """Merge each finished run's per-shard part files into one file per table (atomic: queries
+        running meanwhile see the old files or the new one, never both)."""
+        from plmscreen.screening import store as st
+        from plmscreen.screening.store.compact import compact_run
+        from plmscreen.screening.store.layout import run_json_path
+
+        try:
+            chosen = runs or [r for r in st.store_runs(store) if run_json_path(Path(store), r).is_file()]
+            for run in chosen:
+                done = compact_run(store, run)
+                typer.echo(f"{run}: {done.files_before} part files -> {done.files_after} "
+                           f"({done.partitions} partitions rewritten, {done.rows} rows)")
+        except st.StoreError as exc:
+            fail(str(exc))
 
     @runs_app.command("delete")
     def runs_delete(

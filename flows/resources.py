@@ -6,7 +6,8 @@ The rule (``plan_cluster``):
 - CPU: one single-threaded worker per core, fewer when memory cannot hold that many copies of the
   model (``worker_memory_bytes``: each worker process holds its own model and activations).
 - Shards: the input is cut into about ``SHARDS_PER_SLOT`` shards per worker so every worker stays
-  busy to the end, but never above ``MAX_SHARD_TOKENS`` (a shard is also the unit of resume).
+  busy to the end, but never above ``MAX_SHARD_TOKENS`` (a shard is also the unit of resume)
+  unless that makes more than ``MAX_SHARDS`` shards (then about ``MAX_SHARDS``).
 - When the input cannot make as many shards as there are workers (fewer sequences than cores), the
   cluster starts only as many workers as there are shards and gives each the cores left over as
   torch threads, so cores do not idle.
@@ -21,7 +22,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from plmscreen.screening.run.plan import plan_cost_ranges
+from plmscreen.screening.run.plan import min_shard_tokens, plan_cost_ranges
 from plmscreen.screening.run.settings import MAX_SHARD_TOKENS
 
 # Enough shards per worker that the last ones are short next to the whole (Dask hands the next
@@ -81,11 +82,11 @@ def auto_shard_tokens(costs: Sequence[int], slots: int, budget_scale: int = 1) -
 
     ``budget_scale`` is the factor the screen multiplies the budget by (8 in triage mode), divided
     out here so the shard count does not depend on the mode."""
-    total = sum(costs)
+    total = int(sum(costs))
     if total == 0:
         return MAX_SHARD_TOKENS
     budget = math.ceil(total / (SHARDS_PER_SLOT * max(1, slots)))
-    return max(1, min(MAX_SHARD_TOKENS, math.ceil(budget / budget_scale)))
+    return max(1, min(MAX_SHARD_TOKENS, math.ceil(budget / budget_scale)), min_shard_tokens(total, budget_scale))
 
 
 def plan_cluster(

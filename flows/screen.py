@@ -1,7 +1,8 @@
 """The ``screen-proteome`` flow: one Prefect task per shard on a Dask cluster, the catalog keeping count.
 
-The flow process reads and validates the input, registers the run and its shards, submits the
-shards the catalog does not have as done, and closes the run. Each task runs on a Dask worker:
+The flow process reads and validates the input (streamed: it keeps byte spans, not records),
+registers the run and its shards, submits the shards the catalog does not have as done a window
+at a time (``shards_in_flight``), and closes the run. Each task runs on a Dask worker:
 it loads the model once per worker process, scores its shard, writes the shard's Parquet
 atomically and marks it done, returning a small manifest. A shard whose task is recomputed after
 a worker died (prefect#15442) finds itself done in the catalog and is skipped, so nothing is
@@ -31,6 +32,15 @@ from prefect.futures import as_completed
 from prefect.runtime import deployment
 
 SHARD_RETRIES = 2
+# Shards submitted at a time, per worker thread: one running and one queued behind it keeps every
+# worker busy; more only grows what the flow, Prefect and the scheduler hold.
+IN_FLIGHT_PER_SLOT = 2
+MIN_IN_FLIGHT = 8  # when the cluster's size is not known yet (an adaptive cluster with no worker up)
+
+
+def shards_in_flight(slots: int) -> int:
+    """How many shard tasks the flow keeps submitted on a cluster of ``slots`` worker threads."""
+    return max(MIN_IN_FLIGHT, IN_FLIGHT_PER_SLOT * slots)
 
 
 class ClusterLostError(ClusterError):
@@ -134,12 +144,13 @@ def screen_proteome(
     logger = get_run_logger()
     started = time.perf_counter()
     settings = _settings_of(settings)
-    slots = _cluster_slots() if settings.shard_tokens is None else 0
+    slots = _cluster_slots()
     # About four shards per worker thread, sized from the record costs prepare_run reads anyway.
     shard_tokens_for = functools.partial(auto_shard_tokens, slots=slots,
-                                         budget_scale=TRIAGE_SHARD_SCALE if settings.mode == "triage" else 1) if slots else None
+                                         budget_scale=TRIAGE_SHARD_SCALE if settings.mode == "triage" else 1) \
+        if slots and settings.shard_tokens is None else None
     plan = prepare_run(input, store, settings, skip_invalid, overwrite, catalog_url, shard_tokens_for)
-    if slots:
+    if shard_tokens_for is not None:
         logger.info("shard size %d tokens, chosen for %d worker threads", plan.settings.shard_tokens, slots)
     # Runs of one deployment are one screen: `plmscreen changes` compares each with the one before.
     plan.metadata["deployment"] = deployment.name
@@ -149,21 +160,32 @@ def screen_proteome(
     done_before = len(plan.shards) - len(pending)
     logger.info(
         "run %s: %d sequences in %d shards, %d to score (%d rejected records)",
-        plan.run_id, len(plan.records), len(plan.shards), len(pending), len(plan.rejects),
+        plan.run_id, plan.n_records, len(plan.shards), len(pending), len(plan.rejects),
     )
     progress = create_progress_artifact(
         progress=100.0 * done_before / max(1, len(plan.shards)),
         key=f"shards-{plan.run_id}",
         description=f"Shards done of run {plan.run_id}",
     )
-    futures = [score_shard_task.submit(plan.for_shard(i), i, torch_threads) for i in pending]
     manifests: list[ShardManifest] = []
     failed: list[int] = []
-    skipped = [ShardManifest(i, plan.shards[i][1] - plan.shards[i][0] + 1,
-                             sum(len(r.sequence) for r in plan.shard_records(i)), -1, (), 0.0, True)
+    skipped = [ShardManifest(i, plan.shards[i][1] - plan.shards[i][0] + 1, plan.shard_residues(i), -1, (), 0.0, True)
                for i in plan.shards if i not in pending]
-    shard_of = {f.task_run_id: i for f, i in zip(futures, pending)}
-    for future in as_completed(futures):
+    # A window of submitted shards, refilled as they finish: the flow holds (and Prefect and the
+    # scheduler track) a few tasks per worker thread, not one per shard of a huge input.
+    waiting = iter(pending)
+    in_flight: dict = {}  # task run id -> (future, shard)
+
+    def submit_more() -> None:
+        limit = shards_in_flight(_cluster_slots() or slots)  # workers may have joined or left
+        while len(in_flight) < limit and (shard := next(waiting, None)) is not None:
+            future = score_shard_task.submit(plan.for_shard(shard), shard, torch_threads)
+            in_flight[future.task_run_id] = (future, shard)
+
+    submit_more()
+    while in_flight:
+        future = next(as_completed([f for f, _ in in_flight.values()]))
+        _, shard = in_flight.pop(future.task_run_id)
         try:
             outcome = future.result(raise_on_failure=False)
         except FutureCancelledError as exc:
@@ -178,10 +200,10 @@ def screen_proteome(
             manifests.append(manifest)
             logger.info("shard %d done: %d sequences in %.1f s", manifest.shard, manifest.n_sequences, manifest.seconds)
         else:
-            shard = shard_of[future.task_run_id]
             failed.append(shard)
             logger.error("shard %d failed after %d attempts: %s", shard, SHARD_RETRIES + 1, outcome)
         update_progress_artifact(progress, 100.0 * (done_before + len(manifests)) / max(1, len(plan.shards)))
+        submit_more()
     summary = finalize_run(plan, skipped + sorted(manifests, key=lambda m: m.shard), sorted(failed),
                            time.perf_counter() - started, {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256})
     report_hint = f"Report: `plmscreen report {plan.store} --run {plan.run_id} --out report.html`"

@@ -366,3 +366,33 @@ def test_a_flow_rescreen_with_another_flag_rule_copies_every_sequence(fasta, ref
         assert row["effect_flagged"] == rule.effect_flags(want["inflation_factor"], want["repeat_fraction"])
         assert row["partner_pvalue"] == want["partner_pvalue"]
         assert row["reused_from_run"] == reference["run_id"]
+
+
+def test_the_flow_keeps_a_bounded_window_of_shard_tasks_in_flight(fasta, n_shards, reference, tiny_checkpoint, tmp_path, monkeypatch):
+    """The flow submits a window of shards and refills it as they finish, instead of one future per
+    shard at once: every as_completed call sees at most the window, and nothing is lost."""
+    from prefect.testing.utilities import prefect_test_harness
+    from prefect_dask import DaskTaskRunner
+
+    import plmscreen.flows.screen as flow_module
+
+    window, seen = 2, []
+    real_as_completed, real_in_flight = flow_module.as_completed, flow_module.shards_in_flight
+    assert real_in_flight(0) == flow_module.MIN_IN_FLIGHT
+    assert real_in_flight(64) == 64 * flow_module.IN_FLIGHT_PER_SLOT
+
+    def watched(futures, *args, **kwargs):
+        seen.append(len(futures))
+        return real_as_completed(futures, *args, **kwargs)
+
+    monkeypatch.setattr(flow_module, "shards_in_flight", lambda slots: window)
+    monkeypatch.setattr(flow_module, "as_completed", watched)
+    runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                            cluster_kwargs={"n_workers": 2, "processes": False, "threads_per_worker": 1, "dashboard_address": None})
+    store = tmp_path / "store"
+    with prefect_test_harness(server_startup_timeout=120):
+        summary = flow_module.screen_proteome.with_options(task_runner=runner)(
+            input=str(fasta), store=str(store), settings={"model": str(tiny_checkpoint), "device": "cpu", "shard_tokens": SHARD_TOKENS})
+    assert summary["failed_shards"] == [] and summary["n_shards"] == n_shards
+    assert len(seen) == n_shards and max(seen) == window and seen[-1] == 1
+    assert_same_screen(store, reference, fasta)

@@ -19,7 +19,7 @@ from plmscreen.flows.resources import (
     worker_memory_bytes,
 )
 from plmscreen.screening.run.plan import plan_cost_ranges, shard_cost
-from plmscreen.screening.run.settings import TRIAGE_SHARD_SCALE
+from plmscreen.screening.run.settings import MAX_SHARDS, TRIAGE_SHARD_SCALE
 
 GiB = 1 << 30
 PLENTY = 1 << 40
@@ -55,8 +55,22 @@ def test_large_input_gives_every_core_several_shards_of_bounded_size():
     p = plan(lengths, cores=16)
     assert (p.workers, p.threads_per_worker) == (16, 1)
     assert SHARDS_PER_SLOT * 16 <= p.n_shards <= 2 * SHARDS_PER_SLOT * 16
-    huge = plan([1000] * 20_000, cores=2)
+    huge = plan([1000] * 10_000, cores=2)
     assert huge.shard_tokens == MAX_SHARD_TOKENS and huge.n_shards > 2 * SHARDS_PER_SLOT
+
+
+def test_inputs_of_tens_of_millions_of_sequences_stay_in_the_thousands_of_shards():
+    # UniRef50's scale: 60 M sequences of ~300 residues, represented by 60,000 of 300x the cost
+    # (the rule depends on the total cost only; long sequences keep the test fast).
+    uniref50_cost = 60_000_000 * shard_cost(300)
+    weights = [uniref50_cost // 60_000] * 60_000
+    for cores, scale in ((2, 1), (512, 1), (512, TRIAGE_SHARD_SCALE)):
+        p = plan_cluster(weights, cores=cores, memory_bytes=PLENTY, worker_bytes=GiB, budget_scale=scale)
+        assert p.shard_tokens == -(-uniref50_cost // (MAX_SHARDS * scale)) > MAX_SHARD_TOKENS
+        assert MAX_SHARDS * 0.9 <= p.n_shards <= MAX_SHARDS
+        assert p.n_shards == len(plan_cost_ranges(weights, p.shard_tokens * scale))
+    # Below the cap the per-shard limit holds as before.
+    assert plan([1000] * 1000, cores=2).shard_tokens <= MAX_SHARD_TOKENS
 
 
 def test_workers_are_limited_by_memory_and_the_cores_go_to_threads():

@@ -235,7 +235,7 @@ def test_a_resumed_rescreen_whose_sources_vanish_scores_them_and_writes_each_seq
     shutil.copytree(releases["store"], store)
     settings = releases["strict"]
     plan = prepare_run(releases["fasta_2"], store, settings)
-    assert len(plan.shards) >= 3 and set(plan.reuse_sources) == {r.sha256 for r in plan.records}
+    assert len(plan.shards) >= 3 and set(plan.reuse_sources) == {r.sha256 for r in plan.iter_records()}
     scorer = lambda: Scorer(load_model(str(settings.model), device="cpu"), settings.scoring)  # noqa: E731
     with plan.open_catalog() as catalog:
         first = process_shard(scorer, plan, 0, catalog)

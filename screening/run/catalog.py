@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,10 +348,15 @@ class Catalog:
 
     # -- shards ----------------------------------------------------------------------------
 
-    def add_shards(self, run_id: str, shards: Iterable[ShardSpec | Sequence]) -> int:
+    def add_shards(self, run_id: str, shards: Iterable[ShardSpec | Sequence],
+                   sequences_of: Callable[[int], Iterable[tuple[str, str]]] | None = None) -> int:
         """Register shards ``(index, first, last, [(seq_id, sha256), ...])``; returns how many were
         new. Idempotent: shards already registered with the same range are left as they are (state
-        included); a different range for an existing index is an error."""
+        included); a different range for an existing index is an error.
+
+        ``sequences_of(index)`` gives a shard's ``(seq_id, sha256)`` instead, read only for shards
+        this call inserts and streamed into the same transaction (a planner that does not hold the
+        input's records); a count other than the shard's range rolls everything back."""
         specs = [ShardSpec.of(s) for s in shards]
         for spec in specs:
             if spec.first > spec.last or spec.first < 0:
@@ -377,11 +382,22 @@ class Catalog:
                 inserted = {row[0] for row in result}
                 if len(inserted) < len(new):
                     self._check_ranges(run_id, specs, self._shard_ranges(conn, run_id))
-            rows = [dict(run_id=run_id, seq_id=seq_id, shard_index=s.index, sequence_sha256=sha)
-                    for s in specs if s.index in inserted for seq_id, sha in s.sequences]
-            for start in range(0, len(rows), 5000):
-                conn.execute(self._insert(conn, InputSequence.__table__).on_conflict_do_nothing(
-                    index_elements=["run_id", "seq_id"]), rows[start:start + 5000])
+            insert = self._insert(conn, InputSequence.__table__).on_conflict_do_nothing(index_elements=["run_id", "seq_id"])
+            rows: list[dict] = []
+            for s in specs:
+                if s.index not in inserted:
+                    continue
+                count = 0
+                for seq_id, sha in (s.sequences if sequences_of is None else sequences_of(s.index)):
+                    rows.append(dict(run_id=run_id, seq_id=seq_id, shard_index=s.index, sequence_sha256=sha))
+                    count += 1
+                    if len(rows) == 5000:
+                        conn.execute(insert, rows)
+                        rows = []
+                if sequences_of is not None and count != s.last - s.first + 1:
+                    raise CatalogError(f"shard {s.index}: {count} sequences for range {s.first}..{s.last}")
+            if rows:
+                conn.execute(insert, rows)
             return len(inserted)
 
     @staticmethod

@@ -156,7 +156,7 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     summary = ScreenSummary(
         out_dir=plan.store,
         run_id=plan.run_id,
-        n_input=len(plan.records) + sum(1 for r in plan.rejects if r.record_number > 0),
+        n_input=plan.n_records + sum(1 for r in plan.rejects if r.record_number > 0),
         n_scored=sum(m.n_sequences for m in manifests),
         n_rejected=len(plan.rejects),
         n_residues=sum(m.n_residues for m in manifests),

@@ -31,6 +31,10 @@ TRIAGE_SHARD_SCALE = 8
 # The largest shard, as scoring cost Σ L·min(L, window): a shard is also what a crashed screen
 # redoes. It is the shard size when no cluster is known to size shards for.
 MAX_SHARD_TOKENS = 4_000_000
+# ... unless that makes more shards than this: every shard is a Prefect task run, a catalog row and
+# three part files, so an automatic size grows with the input to keep runs in the thousands of
+# shards (UniRef50, ~60 M sequences, gets ~4,000 shards of ~15,000 sequences, not ~1.3 M shards).
+MAX_SHARDS = 4_000
 
 # The nested parameter groups and their classes: what --set section.field=value reaches.
 SECTIONS = {"scoring": ScoringOptions, "repeats": RepeatParams, "flag": FlagRule}
@@ -54,7 +58,8 @@ class ScreenSettings:
     repeats: RepeatParams = field(default_factory=RepeatParams)
     flag: FlagRule = field(default_factory=FlagRule)
     # Shard cost budget (Σ L·min(L, window) over its sequences); None: sized for the cluster the
-    # screen runs on (about four shards per worker), at most MAX_SHARD_TOKENS.
+    # screen runs on (about four shards per worker), at most MAX_SHARD_TOKENS unless that makes
+    # more than MAX_SHARDS shards.
     shard_tokens: int | None = None
     mode: str = "exact"  # "triage": masked/ablated scoring only where it can change the flag
     diagnostics: bool = True  # copy-following and null co-mask columns for flagged sequences

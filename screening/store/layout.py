@@ -21,7 +21,9 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({4})
 DATA_TABLES = ("residues", "sequences", "repeats")
 # Only complete files: writers create ".part-NNNNN.parquet.<pid>.tmp" and rename them when done.
 PART_GLOB = "*/*/part-*.parquet"
-RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run) and rejects.tsv
+COMPACTED_PART = "part-compacted.parquet"  # a compacted partition's one file (screening/store/compact.py)
+COMPACT_DIR = ".compact"  # STORE/.compact/<run>/: a compaction's staging area, outside every view's glob
+RUNS_DIR = "runs"  # STORE/runs/<run>/: run.json (a finished run), rejects.tsv, input.fasta, verdicts.parquet
 CALIBRATIONS_DIR = "calibrations"  # STORE/calibrations/<id>.json: flag calibrations made in this store
 VIEWS_DIR = Path(schema.__file__).resolve().parent / "views"
 QUERIES_DIR = Path(schema.__file__).resolve().parent / "queries"
@@ -161,3 +163,22 @@ def verdicts_path(store: Path, run_id: str) -> Path:
 def calibration_path(store: Path, calibration_id: str) -> Path:
     """STORE/calibrations/<id>.json: a flag calibration's record (``plmscreen calibrate``)."""
     return Path(store) / CALIBRATIONS_DIR / f"{calibration_id}.json"
+
+
+def run_input_path(store: Path, run_id: str) -> Path:
+    """STORE/runs/<run_id>/input.fasta: the run's input as planned (decompressed), which shard
+    tasks read their records from (workers need the store, not the input's own path)."""
+    return run_info_dir(store, run_id) / "input.fasta"
+
+
+def input_scan_path(store: Path) -> Path:
+    """Where a planner writes the input's copy before the run is named (renamed to run_input_path)."""
+    import os
+    import uuid
+
+    return Path(store) / RUNS_DIR / f".input-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def compaction_dir(store: Path) -> Path:
+    """STORE/.compact: where compaction builds partitions before swapping them in."""
+    return Path(store) / COMPACT_DIR
