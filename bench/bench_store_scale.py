@@ -5,7 +5,8 @@ Building (``build``): a synthetic FASTA of N sequences whose lengths follow the 
 proteome's (log-normal, median 415, mean 560 residues, clipped to 30..35,000: ~20,000 sequences make
 ~11 M residues) is planned and registered by ``prepare_run`` as a real screen is (catalog, shards,
 input copy); each shard's tables are synthetic numbers in the real schema (``schema/arrow.py``),
-summarised by the real ``summarize`` (so ``flagged`` follows the flag rule), written by the
+summarised by the real ``summarize`` (so ``effect_flagged`` follows the flag rule; the run-wide
+q-values and flags come from the real ``finalize_run``), written by the
 store's own ``write_shard`` and marked done in the catalog, and ``finalize_run`` writes run.json and
 the views. About 20% of sequences get a tandem repeat (one region pair, units of 15-60 residues).
 ``--runs 2`` adds a second run of the same sequences with other numbers (a weekly rescreen), which
@@ -99,7 +100,7 @@ def synthetic_tables(records, rng: np.random.Generator, rule):
                             "score": float(rng.uniform(20, 200)), "pvalue": float(rng.uniform(0, 1e-3))})
         summary = summarize(masked, unmasked, ablated, rule, partnered)
         inflation = masked - ablated
-        diagnostics = summary.flagged
+        diagnostics = summary.effect_flagged
         net = np.where(partnered, rng.normal(0.2, 0.2, length), np.nan) if diagnostics else np.full(length, np.nan)
         copy = np.where(partnered, rng.uniform(0, 1, length), np.nan) if diagnostics else np.full(length, np.nan)
         cols["seq_id"].append(np.full(length, record.seq_id, dtype=object))
@@ -119,6 +120,8 @@ def synthetic_tables(records, rng: np.random.Generator, rule):
         cols["planted_residue"].append(np.where(partnered & diagnostics, "W", None).astype(object))
         seq_rows.append({"seq_id": record.seq_id, **dataclasses.asdict(summary), "n_repeat_regions": len(regions),
                          "windowed": length > 1022, "sequence_sha256": record.sha256, "mode": "exact",
+                         # A synthetic partner-test p-value for the sequences the rule's effect size passes.
+                         "partner_pvalue": float(rng.uniform(0, 0.02)) if diagnostics else None,
                          "mean_net_inflation": float(np.nanmean(net)) if diagnostics else None,
                          "mean_copy_following": float(np.nanmean(copy)) if diagnostics else None, "reused_from_run": None})
         repeat_rows += regions
@@ -164,7 +167,7 @@ def build(args) -> None:
                 files = write_shard(tables, plan.store, plan.model_name, plan.run_id, shard, plan.metadata)
                 catalog.mark_shard_done(plan.run_id, shard, [str(f) for f in files], time.perf_counter() - t0)
                 manifests.append(ShardManifest(shard, len(records), plan.shard_residues(shard),
-                                               sum(tables.sequences.column("flagged").to_pylist()),
+                                               sum(tables.sequences.column("effect_flagged").to_pylist()),
                                                tuple(str(f) for f in files), time.perf_counter() - t0, False))
         summary = finalize_run(plan, manifests, [], time.perf_counter() - started,
                                {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256})

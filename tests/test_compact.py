@@ -41,7 +41,7 @@ def shard_tables(shard: int, rng: np.random.Generator) -> ShardTables:
         "logp_random_comask": [None] * n, "net_inflation": [None] * n, "copy_following": [None] * n, "planted_residue": [None] * n,
     }
     sequences = [{"seq_id": i, "length": PER_SEQ, "pll": -1.0, "pppl": 7.0, "pppl_ablated": 7.0, "repeat_fraction": 0.0,
-                  "inflation_factor": 1.0, "flagged": False, "mean_inflation": None, "max_inflation": None,
+                  "inflation_factor": 1.0, "effect_flagged": False, "partner_pvalue": None, "mean_inflation": None, "max_inflation": None,
                   "pppl_unmasked": 3.0, "n_repeat_regions": 0, "windowed": False, "sequence_sha256": i, "mode": "exact",
                   "mean_net_inflation": None, "mean_copy_following": None, "reused_from_run": None} for i in ids]
     repeats = [{"seq_id": ids[0], "region_id": 1, "start": 1, "end": 10, "partner_start": 11, "partner_end": 20,

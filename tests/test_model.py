@@ -209,3 +209,26 @@ def test_checkpoint_check_reports_a_foreign_file(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
     with pytest.raises(ModelLoadError, match="not a fair-esm ESM-2 checkpoint"):
         check_checkpoint(other)
+
+
+def test_rotary_tables_keep_their_tensor_so_its_address_is_not_reused():
+    """The cos/sin cache is keyed by inv_freq's address: a freed model's address, reused by the
+    next model's inv_freq of another head size, once served that model the wrong tables (a size
+    mismatch in attention when two checkpoints ran one after the other in one process)."""
+    import gc
+    import weakref
+
+    import torch
+
+    from plmscreen.screening.model.forward import RotaryTables
+
+    tables = RotaryTables()
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))
+    alive = weakref.ref(inv_freq)
+    cos, sin = tables.get(inv_freq, 12)
+    assert cos.shape == sin.shape == (12, 8)
+    del inv_freq
+    gc.collect()
+    assert alive() is not None, "the cache must hold inv_freq while its tables are cached"
+    other = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    assert tables.get(other, 12)[0].shape == (12, 16)

@@ -19,16 +19,20 @@ class RotaryTables:
     """cos/sin tables of ESM-2's rotary embedding per sequence length (fair-esm keeps only one)."""
 
     def __init__(self):
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def get(self, inv_freq: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (length, inv_freq.device, inv_freq.data_ptr())
+        # Keyed by the tensor's address, and the entry holds the tensor: while it is cached its
+        # memory cannot be freed and reused by another model's inv_freq (of another head size,
+        # which once got this one's tables when two models were loaded one after the other).
+        key = (length, inv_freq.device, inv_freq.data_ptr(), inv_freq.numel())
         if key not in self._cache:
             t = torch.arange(length, device=inv_freq.device).type_as(inv_freq)
             freqs = torch.outer(t, inv_freq)
             emb = torch.cat((freqs, freqs), dim=-1)
-            self._cache[key] = (emb.cos(), emb.sin())
-        return self._cache[key]
+            self._cache[key] = (emb.cos(), emb.sin(), inv_freq)
+        cos, sin, _ = self._cache[key]
+        return cos, sin
 
 
 _ROTARY = RotaryTables()
