@@ -415,3 +415,18 @@ def write_rejects(rejects: list[RejectedRecord], path: str | Path) -> None:
     lines = ["record_number\tseq_id\treason"]
     lines += [f"{r.record_number}\t{r.seq_id}\t{r.reason}" for r in rejects]
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def standard_proteins(fasta: str | Path, min_length: int, error: type[Exception]) -> tuple[list[tuple[str, str]], "FastaContents"]:
+    """(seq_id, sequence) of the records made only of the 20 standard residues and at least
+    ``min_length`` long, and the file's contents; ``error`` (the caller's exception class) for a
+    missing file or one with invalid records (the experiments need every record readable)."""
+    try:
+        contents = read_fasta(fasta)
+    except FileNotFoundError as exc:
+        raise error(str(exc)) from None
+    if contents.rejects:
+        raise error(f"{fasta}: {len(contents.rejects)} invalid record(s), first: {contents.rejects[0]}")
+    usable = [(r.seq_id, r.sequence) for r in contents.records
+              if len(r.sequence) >= min_length and set(r.sequence) <= STANDARD_RESIDUES]
+    return usable, contents

@@ -106,7 +106,7 @@ from esm.model.esm2 import ESM2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_plmscreen_mini import (AA20, ExampleMaker, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
-                                  sha256_file, split_proteins, tokenize, unpatch, verify_checkpoint)
+                                  sha256_file, split_proteins, tokenize, train_step, unpatch, verify_checkpoint)
 
 KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "plain")
 
@@ -284,24 +284,6 @@ class Maker(ExampleMaker):
             if r < acc:
                 return getattr(self, KINDS[k])(cap), k
         return self.plain(cap), len(KINDS) - 1
-
-
-def train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n, p_mask=0.15):
-    """One optimizer step of BERT-masked LM loss (masking rate p_mask); per-kind loss sums."""
-    inp, sel = bert_mask(toks, alphabet, gen, aa_idx, p=p_mask)
-    logits = model(inp)["logits"]
-    tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
-    opt.zero_grad(set_to_none=True)
-    tok_loss.mean().backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    row_kind = kinds[:, None].expand_as(sel)[sel]
-    losses = tok_loss.detach()
-    for k in range(len(acc_loss)):
-        chosen = row_kind == k
-        if chosen.any():
-            acc_loss[k] += losses[chosen].sum().item()
-            acc_n[k] += int(chosen.sum())
 
 
 def make_pool(maker, cap, probs, max_tokens, rng):

@@ -255,10 +255,11 @@ def bert_mask(toks, alphabet, gen, aa_idx, p=0.15):
 
 # ----------------------------------------------------------------------------- model
 
-def train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n):
-    """One optimizer step of BERT-masked LM loss on ``toks``; adds each example kind's summed token
-    loss and count to ``acc_loss``/``acc_n`` (the per-kind losses the logs print)."""
-    inp, sel = bert_mask(toks, alphabet, gen, aa_idx)
+def train_step(model, opt, toks, kinds, alphabet, gen, aa_idx, acc_loss, acc_n, p_mask=0.15):
+    """One optimizer step of BERT-masked LM loss on ``toks`` (masking rate ``p_mask``); adds each
+    example kind's summed token loss and count to ``acc_loss``/``acc_n`` (the per-kind losses the
+    logs print)."""
+    inp, sel = bert_mask(toks, alphabet, gen, aa_idx, p=p_mask)
     logits = model(inp)["logits"]
     tok_loss = F.cross_entropy(logits[sel], toks[sel], reduction="none")
     opt.zero_grad(set_to_none=True)

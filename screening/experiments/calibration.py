@@ -44,7 +44,7 @@ import numpy as np
 from plmscreen import screening
 from plmscreen.screening.errors import CalibrationError
 from plmscreen.screening.experiments.constructs import block_shuffled, central_segment, insert_copy, shuffled
-from plmscreen.screening.input import STANDARD_RESIDUES, read_fasta
+from plmscreen.screening.input import standard_proteins
 from plmscreen.screening.run import calibrations
 from plmscreen.screening.score.metrics import FlagRule
 
@@ -115,14 +115,7 @@ def _rng(settings: CalibrationSettings, *key: object) -> np.random.Generator:
 
 def usable_proteins(fasta: str | Path, settings: CalibrationSettings) -> tuple[list[tuple[str, str]], dict]:
     """(proteins of standard residues and at least min_length, facts about the FASTA)."""
-    try:
-        contents = read_fasta(fasta)
-    except FileNotFoundError as exc:
-        raise CalibrationError(str(exc)) from None
-    if contents.rejects:
-        raise CalibrationError(f"{fasta}: {len(contents.rejects)} invalid record(s), first: {contents.rejects[0]}")
-    usable = [(r.seq_id, r.sequence) for r in contents.records
-              if len(r.sequence) >= settings.min_length and set(r.sequence) <= STANDARD_RESIDUES]
+    usable, contents = standard_proteins(fasta, settings.min_length, CalibrationError)
     if settings.n_proteins is not None:
         usable = usable[: settings.n_proteins]
     if len(usable) < 2:

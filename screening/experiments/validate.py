@@ -45,7 +45,7 @@ from plmscreen.screening.experiments.settings import (
     ValidationInputError,
     ValidationSettings,
 )
-from plmscreen.screening.input import STANDARD_RESIDUES, read_fasta
+from plmscreen.screening.input import standard_proteins
 from plmscreen.screening.model.backends.base import Backend
 from plmscreen.screening.model.backends.fair_esm import FairEsmBackend
 from plmscreen.screening.model.backends.resolve import load_backend
@@ -56,14 +56,7 @@ from plmscreen.screening.score.scorer import ScoringOptions
 
 def select_proteins(fasta: str | Path, settings: ValidationSettings) -> tuple[list[tuple[str, str]], str]:
     """The first ``n_proteins`` records of the standard 20 residues that fit the crop; (proteins, sha256)."""
-    try:
-        contents = read_fasta(fasta)
-    except FileNotFoundError as exc:
-        raise ValidationInputError(str(exc)) from exc
-    if contents.rejects:
-        raise ValidationInputError(f"{fasta}: {len(contents.rejects)} invalid record(s), first: {contents.rejects[0]}")
-    usable = [(r.seq_id, r.sequence) for r in contents.records
-              if len(r.sequence) >= settings.crop_length and set(r.sequence) <= STANDARD_RESIDUES]
+    usable, contents = standard_proteins(fasta, settings.crop_length, ValidationInputError)
     if len(usable) < MIN_PROTEINS:
         raise ValidationInputError(
             f"{fasta}: {len(usable)} protein(s) of at least {settings.crop_length} standard residues; "
