@@ -123,7 +123,8 @@ def wait_for(predicate, timeout: float, what: str, screen: subprocess.Popen | No
 
 
 def loads_logged(node: Node) -> int:
-    return len(re.findall(r"worker \S+ loaded .* \(sha256 [0-9a-f]{64}, verified\)", node.log.read_text()))
+    # "worker NAME loaded MODEL (FAMILY, sha256 HEX, verified) on DEVICE" (screening/run/workers.py)
+    return len(re.findall(r"worker \S+ loaded .* \([\w.-]+, sha256 [0-9a-f]{64}, verified\)", node.log.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,7 @@ def test_killed_worker_node_is_replaced_and_late_workers_get_work(fasta, referen
             first.kill()  # the whole node: nanny and worker process
             nodes.append(start_worker(tmp_path, address, "node-c"))  # its replacement
             output, _ = screen.communicate(timeout=1200)
+            late_pids = {str(p) for p in late.pids()}  # before the nodes are killed below
         finally:
             for node in reversed(nodes):
                 node.kill()
@@ -197,7 +199,7 @@ def test_killed_worker_node_is_replaced_and_late_workers_get_work(fasta, referen
     attempts = {i: a for i, _, a, _ in rows}
     assert attempts[shard] >= 2, "the killed node's shard was claimed again"
     holders = {w.rsplit(":", 1)[1] for _, _, _, w in rows}
-    assert holders & {str(p) for p in late.pids()} or loads_logged(late) == 1, "the late worker got no work"
+    assert holders & late_pids and loads_logged(late) == 1, "the late worker got no work"
     for node in nodes[1:]:
         assert loads_logged(node) <= 1, f"{node.log} loaded the model more than once"
 
