@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from distributed.client import FutureCancelledError
+from distributed.comm.core import CommClosedError
 from plmscreen.flows.clusters import restore_malloc_thresholds, task_runner
 from plmscreen.flows.resources import auto_shard_tokens
 from plmscreen.screening.errors import ClusterError, StoreError
@@ -182,19 +183,26 @@ def screen_proteome(
             future = score_shard_task.submit(plan.for_shard(shard), shard, torch_threads)
             in_flight[future.task_run_id] = (future, shard)
 
-    submit_more()
+    def lost_scheduler(exc: BaseException) -> ClusterLostError:
+        return ClusterLostError(
+            f"lost the Dask scheduler after {done_before + len(manifests)} of {len(plan.shards)} shards of run "
+            f"{plan.run_id} were done ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Finished "
+            f"shards are saved in the catalog; rerun the same command against a live scheduler to resume.")
+
+    # Dask cancels every future when the client loses its scheduler (FutureCancelledError); a
+    # result fetched while the connection drops fails with CommClosedError instead. Either way no
+    # shard can finish.
+    try:
+        submit_more()
+    except (FutureCancelledError, CommClosedError) as exc:
+        raise lost_scheduler(exc) from None
     while in_flight:
-        future = next(as_completed([f for f, _ in in_flight.values()]))
-        _, shard = in_flight.pop(future.task_run_id)
         try:
+            future = next(as_completed([f for f, _ in in_flight.values()]))
+            _, shard = in_flight.pop(future.task_run_id)
             outcome = future.result(raise_on_failure=False)
-        except FutureCancelledError as exc:
-            # Dask cancels every future when the client loses its scheduler: no shard can finish.
-            raise ClusterLostError(
-                f"lost the Dask scheduler after {done_before + len(manifests)} of {len(plan.shards)} shards of run "
-                f"{plan.run_id} were done ({str(exc).splitlines()[0]}). Finished shards are saved in the catalog; "
-                f"rerun the same command against a live scheduler to resume."
-            ) from None
+        except (FutureCancelledError, CommClosedError) as exc:
+            raise lost_scheduler(exc) from None
         if isinstance(outcome, ShardManifest):
             manifest = outcome
             manifests.append(manifest)
@@ -203,7 +211,10 @@ def screen_proteome(
             failed.append(shard)
             logger.error("shard %d failed after %d attempts: %s", shard, SHARD_RETRIES + 1, outcome)
         update_progress_artifact(progress, 100.0 * (done_before + len(manifests)) / max(1, len(plan.shards)))
-        submit_more()
+        try:
+            submit_more()
+        except (FutureCancelledError, CommClosedError) as exc:
+            raise lost_scheduler(exc) from None
     summary = finalize_run(plan, skipped + sorted(manifests, key=lambda m: m.shard), sorted(failed),
                            time.perf_counter() - started, {"model_name": plan.model_name, "checkpoint_sha256": plan.checkpoint_sha256})
     report_hint = f"Report: `plmscreen report {plan.store} --run {plan.run_id} --out report.html`"
