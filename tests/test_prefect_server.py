@@ -29,10 +29,21 @@ def free_port() -> int:
 
 
 def api(url: str, path: str, body: dict | None = None):
-    request = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    """One REST call; a 503 (the server's database busy, e.g. SQLite locked by its own services) is
+    retried a few times, as Prefect's own client retries it."""
+    import time
+    import urllib.error
+
+    for attempt in range(5):
+        request = urllib.request.Request(url + path, data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 4:
+                raise
+            time.sleep(1 + attempt)
 
 
 @pytest.fixture(scope="module")
