@@ -143,10 +143,8 @@ def screen(
     the same command resumes it from the catalog.
     """
     from plmscreen.screening.input import InvalidFastaError
-    from plmscreen.screening.model.backends.resolve import plan_checkpoint
-    from plmscreen.screening.model.checkpoints import check_checkpoint
-    from plmscreen.screening.run.plan import prepare_run
 
+    startup = None
     try:
         settings = _settings(settings_file, assignments or [], {
             "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
@@ -159,9 +157,21 @@ def screen(
         })
         if in_process and not plan_only:
             return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
-        from plmscreen.flows.clusters import check_cluster_choice
+        from plmscreen.flows.orchestration import check_cluster_choice
 
         check_cluster_choice(workers, gpus, scheduler)
+        if not plan_only:
+            # The temporary Prefect server and the workers' forkserver boot while this process reads
+            # and plans the input: on a small screen they are most of the start-up.
+            from plmscreen.flows.orchestration import ScreenStartup
+
+            startup = ScreenStartup.begin(local_cpu_cluster=scheduler is None and not gpus
+                                          and not (settings.device or "").startswith("cuda"))
+        # (imported after the start: torch alone is ~2 s)
+        from plmscreen.screening.model.backends.resolve import plan_checkpoint
+        from plmscreen.screening.model.checkpoints import check_checkpoint
+        from plmscreen.screening.run.plan import prepare_run
+
         # Family, files and digests from config and files only, before any cluster starts (a hub id
         # is downloaded here if --hub-download allows it): the CLI never holds the weights.
         planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
@@ -182,23 +192,28 @@ def screen(
                        f"without --plan-only to screen it.")
             return
     except InvalidFastaError as exc:
+        _stop(startup)
         fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
     except PlmscreenError as exc:
+        _stop(startup)
         fail(str(exc), exc.exit_code)
     except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
+        _stop(startup)
         fail(str(exc), EXIT_BAD_INPUT)
+    except BaseException:
+        _stop(startup)
+        raise
 
     from plmscreen.flows import orchestration
     from plmscreen.flows.screen import screen_proteome
 
-    orchestration.quiet_orchestration_logs()
     try:
         if cluster is None:
             from plmscreen.flows.clusters import task_runner
 
-            running = orchestration.prefect_api_and_runner(task_runner(scheduler=scheduler))
+            running = orchestration.prefect_api_and_runner(task_runner(scheduler=scheduler), startup)
         else:
-            running = orchestration.local_cluster_and_prefect_api(cluster[0])
+            running = orchestration.local_cluster_and_prefect_api(cluster[0], startup)
         with running as runner, _shard_progress(plan, progress):
             summary = screen_proteome.with_options(task_runner=runner)(
                 input=str(input), store=str(out), settings=plan.settings.to_dict(), skip_invalid=skip_invalid,
@@ -209,6 +224,11 @@ def screen(
     _print_summary(summary)
     if summary["failed_shards"]:
         raise typer.Exit(EXIT_SHARDS_FAILED)
+
+
+def _stop(startup) -> None:
+    if startup is not None:
+        startup.stop()
 
 
 def _cluster_for(settings: ScreenSettings, checkpoint_bytes: int, workers, gpus, scheduler):

@@ -16,6 +16,7 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
+from plmscreen.flows.orchestration import WORKER_PRELOAD, check_cluster_choice  # noqa: F401 - re-exported
 from plmscreen.flows.resources import ClusterPlan, cpu_cores
 
 NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -135,17 +136,6 @@ def cpu_task_runner(workers: int) -> DaskTaskRunner:
     )
 
 
-def check_cluster_choice(workers: int | None = None, gpus: int | None = None, scheduler: str | None = None) -> None:
-    """Conflicting choices are refused before anything starts."""
-    chosen = [name for name, value in (("--workers", workers), ("--gpus", gpus), ("--scheduler", scheduler)) if value]
-    if len(chosen) > 1:
-        raise ValueError(f"choose one of {' and '.join(chosen)}: they name different clusters")
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
-    if gpus is not None and gpus < 1:
-        raise ValueError(f"--gpus must be at least 1, got {gpus}")
-
-
 def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: str | None = None) -> DaskTaskRunner:
     """A prefect-dask runner; conflicting choices are refused before anything starts."""
     check_cluster_choice(workers, gpus, scheduler)
@@ -156,16 +146,27 @@ def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: 
     return cpu_task_runner(workers or default_workers())
 
 
-WORKER_PRELOAD = "plmscreen.flows.worker_preload"
+MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 
 
-def start_planned_cluster(plan: ClusterPlan, env: dict | None = None):
+@contextlib.contextmanager
+def start_planned_cluster(plan: ClusterPlan, env: dict | None = None, forkserver: bool = False):
     """Start the local cluster a ``ClusterPlan`` describes, now (the CLI starts it while the
-    temporary Prefect server starts); ``env`` goes to every worker, including restarted ones."""
+    temporary Prefect server starts); ``env`` goes to every worker, including restarted ones.
+
+    ``forkserver``: CPU workers are forked from the forkserver ``start_worker_forkserver`` started
+    (for the whole life of the cluster, so restarted workers are too); GPU workers are always
+    spawned, each a fresh interpreter that initialises CUDA for its own device."""
+    import dask
+
     common = {"threads_per_worker": 1, "env": env or {}, "preload": [WORKER_PRELOAD], "dashboard_address": None}
     if plan.gpus:
-        return local_gpu_cluster(plan.gpus, **common)
-    return local_cpu_cluster(n_workers=plan.workers, processes=True, **common)
+        with local_gpu_cluster(plan.gpus, **common) as cluster:
+            yield cluster
+        return
+    method = {MULTIPROCESSING_METHOD: "forkserver"} if forkserver else {}
+    with dask.config.set(method), local_cpu_cluster(n_workers=plan.workers, processes=True, **common) as cluster:
+        yield cluster
 
 
 def plan_task_runner(plan: ClusterPlan) -> DaskTaskRunner:

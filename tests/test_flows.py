@@ -128,11 +128,14 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> No
 
 
 def dask_workers(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The worker processes LocalCluster's nannies spawned under the screen process."""
+    """The worker processes of the screen's local cluster: forked from its forkserver (the default
+    CPU cluster), or spawned by the nannies."""
     out = []
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
+            parent = child.parent()
+            if "spawn_main" in " ".join(child.cmdline()) or (
+                    parent is not None and "multiprocessing.forkserver" in " ".join(parent.cmdline())):
                 out.append(child)
         except psutil.NoSuchProcess:
             pass

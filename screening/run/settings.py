@@ -21,7 +21,7 @@ from typing import Any
 from plmscreen.screening.errors import InputError
 from plmscreen.screening.score.metrics import FlagRule
 from plmscreen.screening.score.repeats import RepeatParams
-from plmscreen.screening.score.scorer import ScoringOptions
+from plmscreen.screening.score.options import ScoringOptions
 
 MODES = ("exact", "triage")
 # Triage runs about a ninth of exact mode's tokens (9.4x fewer on an E. coli sample,
