@@ -87,6 +87,9 @@ class CpuSampler:
         cmd = " ".join(proc.cmdline())
         if "uvicorn" in cmd:
             return "prefect_server"
+        if "multiprocessing.forkserver" in cmd and proc.ppid() == root_pid:
+            # Imports the workers' code once; the workers forked from it (same command line) do not.
+            return "worker_forkserver"
         return "workers"  # Dask worker processes (and multiprocessing's resource tracker)
 
     def _sample(self) -> None:
@@ -259,7 +262,7 @@ def markdown(record: dict) -> str:
             f"{b['in_process']['screen_s']:.1f}, {b['default']['screen_s']:.1f} | "
             f"{r['orchestration_cpu_pct_of_machine']:.1f} | {b['default'].get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
     lines += ["", "CPU seconds of each whole process tree (user + system; robust to other load on a shared machine, unlike wall time):", "",
-              "| proteins | naive CPU s | in-process CPU s | default CPU s (flow+scheduler, server, workers) | default / in-process CPU | 1-min load average during the runs |",
+              "| proteins | naive CPU s | in-process CPU s | default CPU s (flow+scheduler, server, worker forkserver, workers) | default / in-process CPU | 1-min load average during the runs |",
               "|---:|---:|---:|---|---:|---|"]
     for r in (r for r in record["results"] if "in_process" in r["best"]):
         b = r["best"]
@@ -267,7 +270,7 @@ def markdown(record: dict) -> str:
         naive_cpu = f"{b['naive']['cpu_total_s']:.1f}" if "naive" in b else "-"
         loads = ", ".join(f"{name} {b[name]['loadavg_1min_before_after'][0]:.1f}-{b[name]['loadavg_1min_before_after'][1]:.1f}" for name in b)
         lines.append(f"| {r['size']} | {naive_cpu} | {b['in_process']['cpu_total_s']:.1f} | {b['default']['cpu_total_s']:.1f} "
-                     f"({d.get('flow', 0):.1f}, {d.get('prefect_server', 0):.1f}, {d.get('workers', 0):.1f}) | "
+                     f"({d.get('flow', 0):.1f}, {d.get('prefect_server', 0):.1f}, {d.get('worker_forkserver', 0):.1f}, {d.get('workers', 0):.1f}) | "
                      f"{b['default']['cpu_total_s'] / b['in_process']['cpu_total_s']:.2f} | {loads} |")
     if any("default_baseline" in r["best"] for r in record["results"]):
         lines += ["", "Before/after (default path of `--baseline-src`, same run):", "",

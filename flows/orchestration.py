@@ -192,7 +192,10 @@ class ScreenStartup:
 
     def resolve_api(self) -> str:
         """The API the flow reports to: the configured one, else the temporary server (waited for)."""
-        configured = configured_api_url()  # the environment, a Prefect profile, .env or prefect.toml
+        import os
+
+        # The environment first (what begin() saw), then Prefect's settings: a profile, .env, prefect.toml.
+        configured = os.environ.get("PREFECT_API_URL") or configured_api_url()
         if self.server is not None and configured:  # a profile names an API: use it, not ours
             self.stop()
         if self.server is None:
