@@ -19,6 +19,7 @@ from prefect_dask import DaskTaskRunner
 from plmscreen.flows.orchestration import WORKER_PRELOAD, check_cluster_choice  # noqa: F401 - re-exported
 from plmscreen.flows.resources import ClusterPlan, cpu_cores
 
+MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 # glibc's own ceiling for its adaptive mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), and
 # twice that for trimming, as glibc sets it when the threshold adapts.
@@ -35,12 +36,24 @@ def _without_nanny_malloc_trim():
 
 
 def local_cpu_cluster(**kwargs):
-    """distributed.LocalCluster whose workers keep glibc's adaptive malloc thresholds.
+    """distributed.LocalCluster whose workers keep glibc's adaptive malloc thresholds and are forked
+    from plmscreen's worker forkserver (``start_worker_forkserver``; started here unless the CLI
+    started it already): torch, Prefect's task engine and the scoring code are imported once, not
+    once per worker (~5 CPU s each), and a worker the nanny restarts is forked the same way.
 
-    Nannies read the pre-spawn environment when they are created, which LocalCluster does before
-    returning; a nanny that restarts a killed worker reuses what it read."""
+    The multiprocessing method is set for this whole process (Dask's nanny reads it at every
+    worker start and restart); ``local_gpu_cluster`` sets it back to spawn. Nannies read the
+    pre-spawn environment when they are created, which LocalCluster does before returning.
+    A forked worker inherits the forkserver's environment, fixed when it started, so every worker
+    also gets this process's environment now (``env``), as a spawned worker would."""
+    import dask
     from distributed import LocalCluster
 
+    from plmscreen.flows.orchestration import start_worker_forkserver
+
+    start_worker_forkserver(kwargs.get("env"))
+    kwargs["env"] = {**os.environ, **(kwargs.get("env") or {})}
+    dask.config.set({MULTIPROCESSING_METHOD: "forkserver"})
     with _without_nanny_malloc_trim():
         return LocalCluster(**kwargs)
 
@@ -50,6 +63,10 @@ def local_gpu_cluster(n_workers: int | None = None, threads_per_worker: int = 1,
 
     dask-cuda's LocalCUDACluster when installed (``plmscreen[gpu]``); otherwise plain
     distributed nannies, each started with ``CUDA_VISIBLE_DEVICES`` set to its GPU."""
+    import dask
+
+    # Each GPU worker is a fresh interpreter that initialises CUDA for its own device.
+    dask.config.set({MULTIPROCESSING_METHOD: "spawn"})
     with _without_nanny_malloc_trim():
         try:
             from dask_cuda import LocalCUDACluster
@@ -87,7 +104,10 @@ def gpu_worker_specs(n_gpus: int, threads_per_worker: int = 1, visible: str | No
 
 
 def pinned_gpu_cluster(n_workers: int, threads_per_worker: int = 1, env: dict | None = None, preload=None, **kwargs):
+    import dask
     from distributed import Scheduler, SpecCluster
+
+    dask.config.set({MULTIPROCESSING_METHOD: "spawn"})
 
     worker_options = {"preload": preload} if preload else {}
     kwargs.pop("dashboard_address", None)
@@ -146,27 +166,13 @@ def task_runner(workers: int | None = None, gpus: int | None = None, scheduler: 
     return cpu_task_runner(workers or default_workers())
 
 
-MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
-
-
-@contextlib.contextmanager
-def start_planned_cluster(plan: ClusterPlan, env: dict | None = None, forkserver: bool = False):
+def start_planned_cluster(plan: ClusterPlan, env: dict | None = None):
     """Start the local cluster a ``ClusterPlan`` describes, now (the CLI starts it while the
-    temporary Prefect server starts); ``env`` goes to every worker, including restarted ones.
-
-    ``forkserver``: CPU workers are forked from the forkserver ``start_worker_forkserver`` started
-    (for the whole life of the cluster, so restarted workers are too); GPU workers are always
-    spawned, each a fresh interpreter that initialises CUDA for its own device."""
-    import dask
-
+    temporary Prefect server starts); ``env`` goes to every worker, including restarted ones."""
     common = {"threads_per_worker": 1, "env": env or {}, "preload": [WORKER_PRELOAD], "dashboard_address": None}
     if plan.gpus:
-        with local_gpu_cluster(plan.gpus, **common) as cluster:
-            yield cluster
-        return
-    method = {MULTIPROCESSING_METHOD: "forkserver"} if forkserver else {}
-    with dask.config.set(method), local_cpu_cluster(n_workers=plan.workers, processes=True, **common) as cluster:
-        yield cluster
+        return local_gpu_cluster(plan.gpus, **common)
+    return local_cpu_cluster(n_workers=plan.workers, processes=True, **common)
 
 
 def plan_task_runner(plan: ClusterPlan) -> DaskTaskRunner:

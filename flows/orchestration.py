@@ -266,7 +266,7 @@ def local_cluster_and_prefect_api(plan, startup: ScreenStartup | None = None):
     try:
         server = startup.server
         env = {"PREFECT_API_URL": server.api_url} if server else {}
-        with start_planned_cluster(plan, env=env, forkserver=startup.forkserver) as cluster:
+        with start_planned_cluster(plan, env=env) as cluster:
             url = startup.resolve_api()
             if startup.server is None:
                 yield DaskTaskRunner(address=cluster.scheduler_address)

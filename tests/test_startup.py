@@ -104,7 +104,7 @@ def test_local_workers_are_forked_with_their_code_imported_and_restarted_the_sam
                     "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "omp": os.environ.get("OMP_NUM_THREADS")}
 
         from distributed import Client
-        with start_planned_cluster(plan, env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, forkserver=True) as cluster:
+        with start_planned_cluster(plan, env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}) as cluster:
             with Client(cluster.scheduler_address) as client:
                 client.wait_for_workers(2, timeout=120)
                 before = list(client.run(probe).values())
