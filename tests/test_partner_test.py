@@ -63,6 +63,25 @@ def test_bh_qvalues_equal_a_hand_computation():
     assert bh_qvalues([None, None]) == [None, None] and bh_qvalues([]) == []
 
 
+def test_the_rule_over_arrays_is_the_rule_row_by_row():
+    # finalize_run applies the rule to whole columns (flags_array); every combination of values on,
+    # off and at each threshold, with missing values (NaN / None), must give what flags() gives.
+    import itertools
+
+    import numpy as np
+
+    rule = FlagRule()
+    inflation = [None, 1.0, rule.min_inflation_factor, 1.3]
+    fraction = [None, 0.0, rule.min_repeat_fraction, 0.6]
+    qvalue = [None, 1e-9, rule.max_qvalue, 0.5]
+    rows = list(itertools.product(inflation, fraction, qvalue))
+    as_array = {name: np.array([np.nan if r[k] is None else r[k] for r in rows], dtype=np.float64)
+                for k, name in enumerate(("inflation_factor", "repeat_fraction", "partner_qvalue"))}
+    got = rule.flags_array(as_array)
+    assert got.tolist() == [rule.flags(*r) for r in rows]
+    assert 0 < got.sum() < len(rows)
+
+
 def test_flag_rule_has_one_definition_in_python_and_sql():
     rule = FlagRule()
     assert rule.flags(1.2, 0.5, 0.01) and not rule.flags(1.2, 0.5, 0.2) and not rule.flags(1.2, 0.5, None)

@@ -147,12 +147,32 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     # What the planner recorded (family, model id, every weight file's digest) under what the
     # loaded model describes; a flow's workers load the model, so the flow passes only its name.
     model = {**{k: plan.metadata[k] for k in PLANNED_MODEL_FIELDS if k in plan.metadata}, **model}
-    rows: list[dict] = []
-    for path in run_parts(plan.store, "sequences", plan.model_name, plan.run_id):
-        rows += pq.read_table(path).to_pylist()
-    origins = [row.get("reused_from_run") for row in rows]
-    write_verdicts(plan, rows)
-    flagged = [row for row in rows if row["flagged"]]
+    # The run-wide verdicts need five columns of every sequence, not whole rows (a UniRef-sized run
+    # has tens of millions of sequences), and are computed over Arrow/numpy arrays; full rows are
+    # read only for the flagged sequences, one part file at a time.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = list(run_parts(plan.store, "sequences", plan.model_name, plan.run_id))
+    columns = pa.concat_tables([pq.read_table(path, columns=list(VERDICT_INPUTS)) for path in parts]) if parts else \
+        pa.table({name: pa.array([], VERDICT_INPUT_TYPES[name]) for name in VERDICT_INPUTS})
+    verdicts = write_verdicts(plan, columns)
+    origins = columns.column("reused_from_run")
+    n_duplicates = pc.sum(pc.equal(origins, plan.run_id)).as_py() or 0
+    n_reused = (pc.sum(pc.is_valid(origins)).as_py() or 0) - n_duplicates
+    flagged = []
+    offset = 0
+    for path in parts:
+        part = pq.ParquetFile(path)
+        n = part.metadata.num_rows
+        picked = np.flatnonzero(verdicts.flagged[offset:offset + n])
+        if picked.size:
+            rows = part.read().take(pa.array(picked)).to_pylist()
+            for row, k in zip(rows, picked):
+                row["partner_qvalue"], row["flagged"] = float(verdicts.qvalues[offset + k]), True
+            flagged += rows
+        offset += n
     summary = ScreenSummary(
         out_dir=plan.store,
         run_id=plan.run_id,
@@ -168,8 +188,8 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
         n_shards=len(plan.shards),
         n_shards_skipped=sum(m.skipped for m in manifests),
         failed_shards=list(failed),
-        n_reused=sum(o is not None and o != plan.run_id for o in origins),
-        n_duplicates=sum(o == plan.run_id for o in origins),
+        n_reused=n_reused,
+        n_duplicates=n_duplicates,
         n_rediagnosed=sum(m.n_rediagnosed for m in manifests),
         calibration=plan.metadata.get("calibration"),
     )
@@ -188,27 +208,46 @@ def finalize_run(plan: RunPlan, manifests: Sequence[ShardManifest], failed: Sequ
     return summary
 
 
-def write_verdicts(plan: RunPlan, rows: list[dict]) -> None:
+# The sequence columns the run-wide verdicts are computed from (finalize_run reads only these).
+VERDICT_INPUTS = ("seq_id", "partner_pvalue", "inflation_factor", "repeat_fraction", "reused_from_run")
+VERDICT_INPUT_TYPES = {"seq_id": "string", "partner_pvalue": "float64", "inflation_factor": "float64",
+                       "repeat_fraction": "float64", "reused_from_run": "string"}
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    flagged: "np.ndarray"  # bool per sequence, in the order of the run's part files
+    qvalues: "np.ndarray"  # BH q-value per sequence, NaN where not tested
+
+
+def write_verdicts(plan: RunPlan, columns) -> Verdicts:
     """The run-wide part of the flag: BH q-values over the partner p-values of the run's sequences
-    (its family: every tested sequence, whatever the mode), then the whole rule. Adds
-    ``partner_qvalue`` and ``flagged`` to ``rows`` and writes them, atomically, to
-    STORE/runs/<run>/verdicts.parquet, which the ``sequences`` view joins."""
+    (its family: every tested sequence, whatever the mode), then the whole rule. ``columns``: an
+    Arrow table of ``VERDICT_INPUTS`` over the run's sequences. Writes the verdicts, atomically,
+    to STORE/runs/<run>/verdicts.parquet, which the ``sequences`` view joins."""
+    import numpy as np
     import pyarrow as pa
 
     from plmscreen.schema.arrow import VERDICTS_SCHEMA
-    from plmscreen.screening.score.metrics import bh_qvalues
+    from plmscreen.screening.score.metrics import bh_qvalue_array
     from plmscreen.screening.store.layout import verdicts_path
     from plmscreen.screening.store.parquet import with_metadata, write_parquet_atomic
 
-    rule = plan.settings.flag
-    for row, q in zip(rows, bh_qvalues([row["partner_pvalue"] for row in rows])):
-        row["partner_qvalue"] = q
-        row["flagged"] = rule.flags(row["inflation_factor"], row["repeat_fraction"], q)
-    table = pa.Table.from_pylist([{"run": plan.run_id, "seq_id": row["seq_id"], "partner_qvalue": row["partner_qvalue"],
-                                   "flagged": row["flagged"]} for row in rows], schema=VERDICTS_SCHEMA)
+    def floats(name: str) -> np.ndarray:  # nulls become NaN, which no condition of the rule holds for
+        return columns.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    qvalues = bh_qvalue_array(floats("partner_pvalue"))
+    flagged = plan.settings.flag.flags_array({"inflation_factor": floats("inflation_factor"),
+                                              "repeat_fraction": floats("repeat_fraction"), "partner_qvalue": qvalues})
+    n = columns.num_rows
+    table = pa.table({"run": pa.array([plan.run_id], pa.string()).take(pa.array(np.zeros(n, np.int64))),
+                      "seq_id": columns.column("seq_id"),
+                      "partner_qvalue": pa.array(qvalues, pa.float64(), from_pandas=True),  # NaN -> null
+                      "flagged": pa.array(flagged, pa.bool_())}, schema=VERDICTS_SCHEMA)
     path = verdicts_path(plan.store, plan.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(with_metadata(table, plan.metadata), path)
+    return Verdicts(flagged, qvalues)
 
 
 PLANNED_MODEL_FIELDS = ("model_name", "model_family", "model_id", "checkpoint_path", "checkpoint_sha256",

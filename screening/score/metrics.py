@@ -29,7 +29,7 @@ The effect-size defaults come from ``bench/calibrate_flag.py`` (bench/results/ca
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +82,16 @@ class FlagRule:
         return self._holds(self.CONDITIONS, {"inflation_factor": inflation_factor, "repeat_fraction": repeat_fraction,
                                              "partner_qvalue": partner_qvalue})
 
+    def flags_array(self, columns: "Mapping[str, np.ndarray]") -> np.ndarray:
+        """``flags`` over arrays of the CONDITIONS' columns (NaN: the condition fails, as NULL does in SQL)."""
+        out = None
+        for column, op, field in self.CONDITIONS:
+            values = np.asarray(columns[column], dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                holds = _COMPARE[op](values, getattr(self, field)) & ~np.isnan(values)
+            out = holds if out is None else out & holds
+        return out
+
     def needs_test(self, repeat_fraction: float) -> bool:
         """Whether a sequence with this repeat fraction gets the partner test (and, in triage mode,
         masked and ablated scores at its partnered residues): the BH family of the run."""
@@ -118,14 +128,18 @@ def partner_pvalue(logp_random_comask: np.ndarray, logp_ablated: np.ndarray, mar
 
 def bh_qvalues(pvalues: "Sequence[float | None]") -> list[float | None]:
     """Benjamini-Hochberg q-values over the non-null p-values (None stays None): the run's family."""
-    from scipy.stats import false_discovery_control
+    q = bh_qvalue_array(np.array([np.nan if p is None else p for p in pvalues], dtype=np.float64))
+    return [None if np.isnan(value) else float(value) for value in q]
 
-    known = [k for k, p in enumerate(pvalues) if p is not None]
-    out: list[float | None] = [None] * len(pvalues)
-    if known:
-        q = false_discovery_control(np.array([pvalues[k] for k in known], dtype=np.float64), method="bh")
-        for k, value in zip(known, q):
-            out[k] = float(value)
+
+def bh_qvalue_array(pvalues: np.ndarray) -> np.ndarray:
+    """``bh_qvalues`` over an array: NaN marks a sequence not tested (not in the family) and stays NaN."""
+    out = np.full(len(pvalues), np.nan)
+    known = ~np.isnan(pvalues)
+    if known.any():  # scipy.stats costs ~0.7 s to import: not for a run with nothing tested
+        from scipy.stats import false_discovery_control
+
+        out[known] = false_discovery_control(pvalues[known], method="bh")
     return out
 
 
