@@ -53,6 +53,11 @@ v3 additions (issue 11 item 1; a FROM-SCRATCH control whose look-up should be co
               its neighbour. It rewards heads that attend to the adjacent tokens (the first layer of
               an induction-like look-up, which on random x||x alone gets gradient only through the
               look-up it enables).
+    --wide-follow-copy-len: the wide task's L is drawn log-uniform in --wide-min..copy_len, the
+              growing curriculum (--copy-len-start -> --copy-len-end over --copy-len-steps), so the
+              copy task starts with short copies (8..16 residues: the partner is one of few
+              positions, a strong gradient) and short ones stay rehearsed. With it, a 4 x 128 x 4-head
+              model left the visible-token plateau within ~500 steps (run v3b, the attempt card).
   After phase 1 the mixture above (--p-* fractions; "wide"/"stutter" as rehearsal), masking
   --mask-prob, crops of at most --cap2 residues if given. --resume may change the phase-2 arguments
   while still in phase 1 (nothing before phase 2 depends on them).
@@ -144,6 +149,9 @@ def parse_args():
                    help="v3: the wide-offset copy task (uniform random x of --wide-min..--wide-max residues, x||x)")
     p.add_argument("--wide-min", type=int, default=20)
     p.add_argument("--wide-max", type=int, default=300)
+    p.add_argument("--wide-follow-copy-len", action="store_true",
+                   help="draw the wide task's L log-uniform in --wide-min..copy_len (the growing curriculum) "
+                        "instead of uniform in --wide-min..--wide-max")
     p.add_argument("--wide-spacer-p", type=float, default=0.3,
                    help="probability of a random spacer (0..L residues) between the two copies")
     p.add_argument("--wide-flank-p", type=float, default=0.5,
@@ -260,7 +268,10 @@ class Maker(ExampleMaker):
         flanks / a random spacer sometimes, so neither the offset nor the distance to BOS/EOS tells
         where the partner is: only matching content does."""
         hi = max(self.wide_min, min(self.wide_max, cap // 2))
-        L = int(self.rng.integers(self.wide_min, hi + 1))
+        if self.wide_follow:  # curriculum: log-uniform up to the current copy_len (short copies rehearsed)
+            L = min(self.loguniform_len(self.wide_min, min(hi, self.copy_len)), hi)
+        else:
+            L = int(self.rng.integers(self.wide_min, hi + 1))
         x = self.rand_res(L)
         sp = ""
         if self.rng.random() < self.wide_spacer_p and cap - 2 * L > 0:
@@ -387,6 +398,7 @@ def main():
     maker = Maker(train_seqs, comp, rng)
     maker.wide_min, maker.wide_max = args.wide_min, args.wide_max
     maker.wide_spacer_p, maker.wide_flank_p = args.wide_spacer_p, args.wide_flank_p
+    maker.wide_follow = args.wide_follow_copy_len
     probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter]
     probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter]
     assert sum(probs) <= 1.0
