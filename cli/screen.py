@@ -145,90 +145,84 @@ def screen(
     from plmscreen.screening.input import InvalidFastaError
 
     startup = None
+    # Whatever ends the command (a finished flow, bad input, an interrupt), the temporary server stops.
     try:
-        settings = _settings(settings_file, assignments or [], {
-            "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
-            "hub_download": hub_download,
-            "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
-            "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
-            "flag.max_qvalue": max_qvalue,
-            "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
-            "calibration": calibration,
-        })
-        if in_process and not plan_only:
-            return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
-        from plmscreen.flows.orchestration import check_cluster_choice
+        try:
+            settings = _settings(settings_file, assignments or [], {
+                "model": model, "weights_dir": str(weights_dir) if weights_dir else None, "device": device,
+                "hub_download": hub_download,
+                "scoring.batch_tokens": batch_tokens, "scoring.precision": precision, "scoring.masks_per_copy": masks_per_copy,
+                "flag.min_inflation_factor": min_inflation_factor, "flag.min_repeat_fraction": min_repeat_fraction,
+                "flag.max_qvalue": max_qvalue,
+                "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
+                "calibration": calibration,
+            })
+            if in_process and not plan_only:
+                return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
+            from plmscreen.flows.orchestration import check_cluster_choice
 
-        check_cluster_choice(workers, gpus, scheduler)
-        if not plan_only:
-            # The temporary Prefect server and the workers' forkserver boot while this process reads
-            # and plans the input: on a small screen they are most of the start-up.
-            from plmscreen.flows.orchestration import ScreenStartup
+            check_cluster_choice(workers, gpus, scheduler)
+            if not plan_only:
+                # The temporary Prefect server and the workers' forkserver boot while this process reads
+                # and plans the input: on a small screen they are most of the start-up.
+                from plmscreen.flows.orchestration import ScreenStartup
 
-            startup = ScreenStartup.begin(local_cpu_cluster=scheduler is None and not gpus
-                                          and not (settings.device or "").startswith("cuda"))
-        # (imported after the start: torch alone is ~2 s)
-        from plmscreen.screening.model.backends.resolve import plan_checkpoint
-        from plmscreen.screening.model.checkpoints import check_checkpoint
-        from plmscreen.screening.run.plan import prepare_run
+                startup = ScreenStartup.begin(local_cpu_cluster=scheduler is None and not gpus
+                                              and not (settings.device or "").startswith("cuda"))
+            # (imported after the start: torch alone is ~2 s)
+            from plmscreen.screening.model.backends.resolve import plan_checkpoint
+            from plmscreen.screening.model.checkpoints import check_checkpoint
+            from plmscreen.screening.run.plan import prepare_run
 
-        # Family, files and digests from config and files only, before any cluster starts (a hub id
-        # is downloaded here if --hub-download allows it): the CLI never holds the weights.
-        planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
-        if planned.family == "fair-esm":
-            check_checkpoint(planned.path)  # the layout, read through a memory map
-        cluster, size_shards = _cluster_for(settings, planned.size_bytes, workers, gpus, scheduler) if not in_process else (None, None)
-        # The one reading of the input and naming of the run: the flow resumes this plan.
-        planning = time.perf_counter()
-        plan = prepare_run(input, out, settings, skip_invalid, overwrite, catalog, size_shards)
-        planning = time.perf_counter() - planning
-        if cluster is not None:
-            typer.echo(f"Cluster: {cluster[0].describe()}", err=True)
-        if plan_only:
-            residues = sum(plan.shard_residues(i) for i in plan.shards)
-            typer.echo(f"Planned run {plan.run_id}: {plan.n_records} sequences ({residues} residues) in "
-                       f"{len(plan.shards)} shards of up to {plan.settings.shard_budget} tokens; {len(plan.rejects)} rejected; "
-                       f"registered in the catalog in {planning:.1f} s. Nothing was scored: run the same command "
-                       f"without --plan-only to screen it.")
-            return
-    except InvalidFastaError as exc:
-        _stop(startup)
-        fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
-    except PlmscreenError as exc:
-        _stop(startup)
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
-        _stop(startup)
-        fail(str(exc), EXIT_BAD_INPUT)
-    except BaseException:
-        _stop(startup)
-        raise
+            # Family, files and digests from config and files only, before any cluster starts (a hub id
+            # is downloaded here if --hub-download allows it): the CLI never holds the weights.
+            planned = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download)
+            if planned.family == "fair-esm":
+                check_checkpoint(planned.path)  # the layout, read through a memory map
+            cluster, size_shards = _cluster_for(settings, planned.size_bytes, workers, gpus, scheduler) if not in_process else (None, None)
+            # The one reading of the input and naming of the run: the flow resumes this plan.
+            planning = time.perf_counter()
+            plan = prepare_run(input, out, settings, skip_invalid, overwrite, catalog, size_shards)
+            planning = time.perf_counter() - planning
+            if cluster is not None:
+                typer.echo(f"Cluster: {cluster[0].describe()}", err=True)
+            if plan_only:
+                residues = sum(plan.shard_residues(i) for i in plan.shards)
+                typer.echo(f"Planned run {plan.run_id}: {plan.n_records} sequences ({residues} residues) in "
+                           f"{len(plan.shards)} shards of up to {plan.settings.shard_budget} tokens; {len(plan.rejects)} rejected; "
+                           f"registered in the catalog in {planning:.1f} s. Nothing was scored: run the same command "
+                           f"without --plan-only to screen it.")
+                return
+        except InvalidFastaError as exc:
+            fail(f"{exc}\nNothing was scored. Fix the records or pass --skip-invalid.", exc.exit_code)
+        except PlmscreenError as exc:
+            fail(str(exc), exc.exit_code)
+        except (ValueError, FileNotFoundError) as exc:  # option values checked by the settings objects; a missing file
+            fail(str(exc), EXIT_BAD_INPUT)
 
-    from plmscreen.flows import orchestration
-    from plmscreen.flows.screen import screen_proteome
+        from plmscreen.flows import orchestration
+        from plmscreen.flows.screen import screen_proteome
 
-    try:
-        if cluster is None:
-            from plmscreen.flows.clusters import task_runner
+        try:
+            if cluster is None:
+                from plmscreen.flows.clusters import task_runner
 
-            running = orchestration.prefect_api_and_runner(task_runner(scheduler=scheduler), startup)
-        else:
-            running = orchestration.local_cluster_and_prefect_api(cluster[0], startup)
-        with running as runner, _shard_progress(plan, progress):
-            summary = screen_proteome.with_options(task_runner=runner)(
-                input=str(input), store=str(out), settings=plan.settings.to_dict(), skip_invalid=skip_invalid,
-                catalog_url=catalog, torch_threads=cluster[0].threads_per_worker if cluster else None,
-            )
-    except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
-        fail(str(exc), exc.exit_code)
-    _print_summary(summary)
-    if summary["failed_shards"]:
-        raise typer.Exit(EXIT_SHARDS_FAILED)
-
-
-def _stop(startup) -> None:
-    if startup is not None:
-        startup.stop()
+                running = orchestration.prefect_api_and_runner(task_runner(scheduler=scheduler), startup)
+            else:
+                running = orchestration.local_cluster_and_prefect_api(cluster[0], startup)
+            with running as runner, _shard_progress(plan, progress):
+                summary = screen_proteome.with_options(task_runner=runner)(
+                    input=str(input), store=str(out), settings=plan.settings.to_dict(), skip_invalid=skip_invalid,
+                    catalog_url=catalog, torch_threads=cluster[0].threads_per_worker if cluster else None,
+                )
+        except PlmscreenError as exc:  # the catalog, or the cluster lost under the flow
+            fail(str(exc), exc.exit_code)
+        _print_summary(summary)
+        if summary["failed_shards"]:
+            raise typer.Exit(EXIT_SHARDS_FAILED)
+    finally:
+        if startup is not None:
+            startup.stop()
 
 
 def _cluster_for(settings: ScreenSettings, checkpoint_bytes: int, workers, gpus, scheduler):

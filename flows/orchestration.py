@@ -171,9 +171,8 @@ class ScreenStartup:
     PREFECT_API_URL; if a Prefect profile turns out to configure one, it is stopped again and the
     configured API is used (``resolve_api``)."""
 
-    def __init__(self, server: TemporaryPrefectServer | None, forkserver: bool):
+    def __init__(self, server: TemporaryPrefectServer | None):
         self.server = server
-        self.forkserver = forkserver
 
     @classmethod
     def begin(cls, *, local_cpu_cluster: bool) -> "ScreenStartup":
@@ -188,7 +187,7 @@ class ScreenStartup:
             # The forkserver inherits this environment: workers forked from it know the API from the start.
             env = {"PREFECT_API_URL": server.api_url} if server else {}
             start_worker_forkserver(env)
-        return cls(server, local_cpu_cluster)
+        return cls(server)
 
     def resolve_api(self) -> str:
         """The API the flow reports to: the configured one, else the temporary server (waited for)."""
@@ -221,14 +220,22 @@ def prefect_api(startup: ScreenStartup | None = None):
     one started now)."""
     startup = startup or ScreenStartup.begin(local_cpu_cluster=False)
     try:
-        url = startup.resolve_api()
-        if startup.server is None:
-            yield url
-            return
-        with temporary_api(startup.server.api_url) as url:
+        with reporting_to(startup) as url:
             yield url
     finally:
         startup.stop()
+
+
+@contextlib.contextmanager
+def reporting_to(startup: ScreenStartup):
+    """This process reports to ``startup``'s API: a configured one as it is, the temporary server
+    through ``temporary_api`` (waited for first)."""
+    url = startup.resolve_api()
+    if startup.server is None:
+        yield url
+        return
+    with temporary_api(url):
+        yield url
 
 
 @contextlib.contextmanager
@@ -266,13 +273,8 @@ def local_cluster_and_prefect_api(plan, startup: ScreenStartup | None = None):
     try:
         server = startup.server
         env = {"PREFECT_API_URL": server.api_url} if server else {}
-        with start_planned_cluster(plan, env=env) as cluster:
-            url = startup.resolve_api()
-            if startup.server is None:
-                yield DaskTaskRunner(address=cluster.scheduler_address)
-                return
-            with temporary_api(url):
-                yield DaskTaskRunner(address=cluster.scheduler_address)
+        with start_planned_cluster(plan, env=env) as cluster, reporting_to(startup):
+            yield DaskTaskRunner(address=cluster.scheduler_address)
     finally:
         startup.stop()
 
