@@ -164,6 +164,17 @@ def parse_args():
                    help="fraction of stutter examples in phase 1 (the rest of phase 1 is the wide copy task)")
     p.add_argument("--phase1-steps", type=int, default=0,
                    help="v3: the first this many steps train ONLY the wide copy task (masking --mask-prob1)")
+    p.add_argument("--wide-mutate-p", type=float, default=0.0,
+                   help="v3.1 fine-tune: with this probability the wide task's second copy is mutated to an "
+                        "identity uniform in --wide-id-lo..--wide-id-hi (a diverged copy, as in real repeats)")
+    p.add_argument("--wide-id-lo", type=float, default=0.6)
+    p.add_argument("--wide-id-hi", type=float, default=0.95)
+    p.add_argument("--insert-exact-p", type=float, default=0.5,
+                   help="insert task: probability that the inserted copy is exact (else --insert-id-lo..hi)")
+    p.add_argument("--insert-id-lo", type=float, default=0.5)
+    p.add_argument("--insert-id-hi", type=float, default=0.95)
+    p.add_argument("--insert-offset-min", type=int, default=0,
+                   help="insert task: the copy starts at least this many residues after (or before) its source")
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--cap2", type=int, default=None,
                    help="v3: maximum crop (residues) in phase 2 (default: the --cap-start/--cap-end schedule)")
@@ -184,6 +195,8 @@ class Maker(ExampleMaker):
     def __init__(self, seqs, comp, rng):
         super().__init__(seqs, comp, rng, max_crop=None)
         self.copy_len = 24
+        self.wide_mutate_p, self.wide_id_lo, self.wide_id_hi = 0.0, 0.6, 0.95
+        self.insert_exact_p, self.insert_id_lo, self.insert_id_hi, self.insert_offset_min = 0.5, 0.5, 0.95, 0
 
     def rand_res(self, n, uniform=True):  # uniform residues by default here (v1: the composition)
         return super().rand_res(n, uniform)
@@ -254,9 +267,12 @@ class Maker(ExampleMaker):
             ls = int(self.rng.integers(10, lmax + 1))
             a = int(self.rng.integers(0, len(s) - ls + 1))
             seg = s[a:a + ls]
-            if self.rng.random() >= 0.5:
-                seg = self.mutate(seg, self.rng.uniform(0.5, 0.95))
-            p = int(self.rng.integers(0, len(s) + 1))
+            if self.rng.random() >= self.insert_exact_p:
+                seg = self.mutate(seg, self.rng.uniform(self.insert_id_lo, self.insert_id_hi))
+            # the copy goes at least insert_offset_min residues from its source, where the crop allows
+            off = self.insert_offset_min
+            cand = [*range(0, a - off + 1), *range(a + off, len(s) + 1)] if off else []
+            p = int(cand[self.rng.integers(len(cand))]) if cand else int(self.rng.integers(0, len(s) + 1))
             s = s[:p] + seg + s[p:]
         return s
 
@@ -281,7 +297,10 @@ class Maker(ExampleMaker):
             room = max(0, cap - 2 * L - len(sp))
             lf = self.rand_res(int(self.rng.integers(0, min(20, room) + 1)))
             rf = self.rand_res(int(self.rng.integers(0, min(20, room - len(lf)) + 1)))
-        return lf + x + sp + x + rf
+        x2 = x
+        if self.wide_mutate_p and self.rng.random() < self.wide_mutate_p:
+            x2 = self.mutate(x, self.rng.uniform(self.wide_id_lo, self.wide_id_hi))
+        return lf + x + sp + x2 + rf
 
     def stutter(self, cap):
         n = int(self.rng.integers(10, max(10, min(self.wide_max, cap // 2)) + 1))
@@ -376,12 +395,32 @@ def main():
         inp[sel] = alphabet.mask_idx
         cprobe[L] = (inp, sel, t)
 
+    # diverged copy probe (v3.1): the same, the second copy at 70% identity (15 of 50 substituted, as
+    # evaluate_plmscreen_mini.py's T3), a random spacer so that the offset is `off`
+    dprobe = {}
+    for off in (128, 256, 400):
+        rows = []
+        for _ in range(6):
+            x = "".join(AA20[i] for i in crng.integers(0, 20, 50))
+            x2 = list(x)
+            for i in crng.choice(50, 15, replace=False):
+                x2[i] = AA20[(AA20.index(x[i]) + int(crng.integers(1, 20))) % 20]
+            spacer = "".join(AA20[i] for i in crng.integers(0, 20, off - 50))
+            rows.append(x + spacer + "".join(x2))
+        t = tokenize(alphabet, rows)
+        sel = torch.zeros_like(t, dtype=torch.bool)
+        sel[:, 1:51] = torch.rand(len(rows), 50, generator=cgen) < 0.3
+        inp = t.clone()
+        inp[sel] = alphabet.mask_idx
+        dprobe[off] = (inp, sel, t)
+
     def probe():
         model.eval()
         with torch.no_grad():
             l1 = F.cross_entropy(model(vinp)["logits"][vsel], vtok[vsel]).item()
             l2 = F.cross_entropy(model(dinp)["logits"][dsel], dtok[dsel]).item()
             cl = {L: F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in cprobe.items()}
+            cl.update({f"d{L}": F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in dprobe.items()})
         model.train()
         return l1, l2, cl
 
@@ -399,6 +438,9 @@ def main():
     maker.wide_min, maker.wide_max = args.wide_min, args.wide_max
     maker.wide_spacer_p, maker.wide_flank_p = args.wide_spacer_p, args.wide_flank_p
     maker.wide_follow = args.wide_follow_copy_len
+    maker.wide_mutate_p, maker.wide_id_lo, maker.wide_id_hi = args.wide_mutate_p, args.wide_id_lo, args.wide_id_hi
+    maker.insert_exact_p, maker.insert_id_lo, maker.insert_id_hi = args.insert_exact_p, args.insert_id_lo, args.insert_id_hi
+    maker.insert_offset_min = args.insert_offset_min
     probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter]
     probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter]
     assert sum(probs) <= 1.0
