@@ -197,3 +197,38 @@ def test_restoring_malloc_thresholds_stops_page_faults_on_every_large_buffer(tmp
     trimmed, restored = faults("as-is"), faults("restore")
     assert trimmed > 200 * 200  # every 1 MiB buffer (256 pages) faulted in page by page
     assert restored < trimmed / 20
+
+
+def makespan(shard_costs, slots):
+    """Independent of the plan code: shards in order, each to the worker that frees first."""
+    free = [0] * slots
+    for cost in shard_costs:
+        free[free.index(min(free))] += cost
+    return max(free)
+
+
+@pytest.mark.parametrize("n, low, high, slots", [(60, 80, 120, 2), (60, 80, 120, 4), (600, 30, 120, 2), (200, 50, 500, 16)])
+def test_automatic_shards_end_together(n, low, high, slots):
+    # The 60-protein benchmark's case: a budget of total/8 made 9 shards, one worker ran the 9th
+    # alone and the screen took 15% longer than in one process. Brute force over every budget that
+    # makes 4 to 8 shards per slot: the chosen budget's schedule ends within 2% of the best one
+    # (it tries the smallest budget for each multiple of the slot count, not every budget).
+    lengths = [low + (37 * i) % (high - low + 1) for i in range(n)]
+    c = costs(lengths)
+    p = plan(lengths, cores=slots)
+    assert p.workers == slots
+    ranges = plan_cost_ranges(c, p.shard_tokens)
+    chosen = makespan([sum(c[a:b + 1]) for a, b in ranges], slots)
+    best = None
+    budgets = sorted({sum(c[a:b]) for a in range(n) for b in range(a + 1, min(n, a + 60) + 1)})
+    for budget in budgets:
+        r = plan_cost_ranges(c, budget)
+        if SHARDS_PER_SLOT * slots <= len(r) <= 2 * SHARDS_PER_SLOT * slots or len(r) == n:
+            m = makespan([sum(c[a:b + 1]) for a, b in r], slots)
+            best = m if best is None else min(best, m)
+    assert chosen <= 1.02 * best, (chosen, best, len(ranges))
+    # ... and never later than the rule before it (a budget of total / (4 per slot)).
+    before = plan_cost_ranges(c, -(-sum(c) // (SHARDS_PER_SLOT * slots)))
+    assert chosen <= makespan([sum(c[a:b + 1]) for a, b in before], slots)
+    if slots == 2:
+        assert len(ranges) % 2 == 0 and chosen <= 1.01 * sum(c) / slots  # both workers busy to the end
