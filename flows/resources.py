@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plmscreen.screening.run.plan import min_shard_tokens, plan_cost_ranges
+from plmscreen.screening.run.plan import cost_ranges, min_shard_tokens, plan_cost_ranges
 from plmscreen.screening.run.settings import MAX_SHARD_TOKENS
 
 # Enough shards per worker that the last ones are short next to the whole (Dask hands the next
@@ -81,20 +81,6 @@ def worker_memory_bytes(checkpoint_bytes: int) -> int:
     return WORKER_BASE_BYTES + 2 * checkpoint_bytes
 
 
-def shard_count(cumulative: np.ndarray, budget: int) -> int:
-    """How many shards ``plan_cost_ranges`` makes at ``budget``, from the costs' cumulative sums
-    (``cumulative[i]`` = cost of the first i sequences): one binary search per shard, not one step
-    per sequence, so searching budgets stays cheap for millions of sequences."""
-    n_items, first, shards = len(cumulative) - 1, 0, 0
-    while first < n_items:
-        # The shard from `first` takes every next sequence while its cost stays within the budget
-        # (at least one sequence, as plan_cost_ranges does for a single larger item).
-        end = int(np.searchsorted(cumulative, cumulative[first] + budget, side="right")) - 1
-        first = max(first + 1, end)
-        shards += 1
-    return shards
-
-
 def list_schedule_makespan(shard_costs: Sequence[int], slots: int) -> int:
     """When the last worker finishes if each shard, in order, goes to the first free worker (what
     the flow does: Dask runs the next submitted shard on whichever worker frees first)."""
@@ -131,7 +117,7 @@ def auto_shard_tokens(costs: Sequence[int], slots: int, budget_scale: int = 1) -
         low, high = max(1, math.ceil(total / (shards * budget_scale))), math.ceil(total / budget_scale)
         while low < high:
             middle = (low + high) // 2
-            if shard_count(cumulative, middle * budget_scale) <= shards:
+            if len(cost_ranges(cumulative, middle * budget_scale)) <= shards:
                 high = middle
             else:
                 low = middle + 1
@@ -140,21 +126,11 @@ def auto_shard_tokens(costs: Sequence[int], slots: int, budget_scale: int = 1) -
     best = None
     for per_slot in range(SHARDS_PER_SLOT, 2 * SHARDS_PER_SLOT + 1):
         budget = smallest_budget_for(per_slot * slots)
-        ranges = plan_cost_ranges_fast(cumulative, budget * budget_scale)
+        ranges = cost_ranges(cumulative, budget * budget_scale)
         makespan = list_schedule_makespan([int(cumulative[b + 1] - cumulative[a]) for a, b in ranges], slots)
         if best is None or makespan < 0.99 * best[0]:
             best = (makespan, budget)
     return best[1]
-
-
-def plan_cost_ranges_fast(cumulative: np.ndarray, budget: int) -> list[tuple[int, int]]:
-    """``plan_cost_ranges`` from the costs' cumulative sums (the same ranges, one search per shard)."""
-    n_items, first, ranges = len(cumulative) - 1, 0, []
-    while first < n_items:
-        end = max(first + 1, int(np.searchsorted(cumulative, cumulative[first] + budget, side="right")) - 1)
-        ranges.append((first, end - 1))
-        first = end
-    return ranges
 
 
 def plan_cluster(

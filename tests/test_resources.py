@@ -232,3 +232,24 @@ def test_automatic_shards_end_together(n, low, high, slots):
     assert chosen <= makespan([sum(c[a:b + 1]) for a, b in before], slots)
     if slots == 2:
         assert len(ranges) % 2 == 0 and chosen <= 1.01 * sum(c) / slots  # both workers busy to the end
+
+
+def test_cost_ranges_pack_greedily_as_a_plain_loop_does():
+    # plan_cost_ranges bisects cumulative costs; an independent item-by-item loop must agree on
+    # any input and budget (small and large items, zero-cost items, budgets below the largest item).
+    import random
+
+    def loop(c, budget):
+        ranges, first, total = [], 0, 0
+        for i, cost in enumerate(c):
+            if i > first and total + cost > budget:
+                ranges.append((first, i - 1))
+                first, total = i, 0
+            total += cost
+        return ranges + ([(first, len(c) - 1)] if c else [])
+
+    rng = random.Random(0)
+    for _ in range(400):
+        c = [rng.choice([0, 1, 7, 50, 400, 3000]) * rng.randint(0, 3) for _ in range(rng.randint(0, 80))]
+        for budget in (1, 50, 401, 3000, 10_000, sum(c) + 1):
+            assert plan_cost_ranges(c, budget) == loop(c, budget), (c, budget)

@@ -53,16 +53,19 @@ def plan_shards(records: Sequence[ProteinRecord], shard_tokens: int, window: int
 
 def plan_cost_ranges(costs: Sequence[int], budget: int) -> list[tuple[int, int]]:
     """Consecutive index ranges whose costs add up to at most ``budget`` (a single larger item alone)."""
-    shards: list[tuple[int, int]] = []
-    first, total = 0, 0
-    for index, cost in enumerate(costs):
-        if index > first and total + cost > budget:
-            shards.append((first, index - 1))
-            first, total = index, 0
-        total += cost
-    if costs:
-        shards.append((first, len(costs) - 1))
-    return shards
+    return cost_ranges(np.concatenate(([0], np.cumsum(np.asarray(costs, dtype=np.int64)))), budget)
+
+
+def cost_ranges(cumulative: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """``plan_cost_ranges`` from the costs' cumulative sums (``cumulative[i]``: the first i costs):
+    one binary search per shard, so the shard planner can try many budgets on millions of sequences."""
+    n_items, first, ranges = len(cumulative) - 1, 0, []
+    while first < n_items:
+        # The shard takes every next item while its cost stays within the budget, and at least one.
+        end = max(first + 1, int(np.searchsorted(cumulative, cumulative[first] + budget, side="right")) - 1)
+        ranges.append((first, end - 1))
+        first = end
+    return ranges
 
 
 def run_id_for(input_sha256: str, checkpoint_sha256: str, settings: ScreenSettings, model: dict | None = None) -> str:
