@@ -90,10 +90,11 @@ def test_bundled_model_shows_the_lookup_in_the_expected_directions(quick_run):
     assert levels[1.0]["mean_inflation"] > levels[0.7]["mean_inflation"] > levels[0.5]["mean_inflation"] > levels[0.3]["mean_inflation"]
     assert levels[0.5]["shown"] and _check(report, "imperfect_repeats", "inflation falls")["shown"]
 
-    # Short adjacent units are copied.
+    # Adjacent units are copied, short and long (v1 copied short units more than long ones; since
+    # v4, 160-residue units as much as 10-residue ones: 3.1 nats each in this preset).
     cells = {(c["unit_length"], c["spacer_length"]): c for c in _experiment(report, "unit_length")["summary"]}
     assert cells[(10, 0)]["shown"] and cells[(40, 0)]["shown"]
-    assert cells[(10, 0)]["mean_inflation"] > cells[(160, 0)]["mean_inflation"]
+    assert min(cells[(10, 0)]["mean_inflation"], cells[(160, 0)]["mean_inflation"]) > 1.0
 
     # A random extra mask costs far less than masking the partner; a shuffled partner is not copied.
     net_inflation = _check(report, "controls", "net inflation")["mean"]
