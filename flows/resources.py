@@ -5,9 +5,9 @@ The rule (``plan_cluster``):
   each pinned to its own device, one shard at a time.
 - CPU: one single-threaded worker per core, fewer when memory cannot hold that many copies of the
   model (``worker_memory_bytes``: each worker process holds its own model and activations).
-- Shards: the input is cut into ``SHARDS_PER_SLOT`` shards per worker, as even as consecutive
-  shards can be and a multiple of the worker count where the input allows, so every worker stays
-  busy to the end, but never above ``MAX_SHARD_TOKENS`` (a shard is also the unit of resume)
+- Shards: the input is cut into ``SHARDS_PER_SLOT`` to twice that many shards per worker, the
+  count whose shards, run in order on the workers, end first (``auto_shard_tokens``), so every
+  worker stays busy to the end, but never above ``MAX_SHARD_TOKENS`` (a shard is also the unit of resume)
   unless that makes more than ``MAX_SHARDS`` shards (then about ``MAX_SHARDS``).
 - When the input cannot make as many shards as there are workers (fewer sequences than cores), the
   cluster starts only as many workers as there are shards and gives each the cores left over as
