@@ -113,7 +113,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_plmscreen_mini import (AA20, ExampleMaker, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
                                   sha256_file, split_proteins, tokenize, train_step, unpatch, verify_checkpoint)
 
-KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "plain")
+KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "diverged", "plain")
 
 
 def parse_args():
@@ -175,6 +175,17 @@ def parse_args():
     p.add_argument("--insert-id-hi", type=float, default=0.95)
     p.add_argument("--insert-offset-min", type=int, default=0,
                    help="insert task: the copy starts at least this many residues after (or before) its source")
+    p.add_argument("--p-diverged", type=float, default=0.0,
+                   help="v5: a short diverged copy far from its source (the shape of target T3), see Maker.diverged")
+    p.add_argument("--div-len-lo", type=int, default=20)
+    p.add_argument("--div-len-hi", type=int, default=100)
+    p.add_argument("--div-id-lo", type=float, default=0.55)
+    p.add_argument("--div-id-hi", type=float, default=0.9)
+    p.add_argument("--div-off-lo", type=int, default=60, help="fewest residues between the two copies")
+    p.add_argument("--div-off-hi", type=int, default=450, help="most residues between the two copies")
+    p.add_argument("--div-random-p", type=float, default=0.5,
+                   help="fraction of diverged examples whose unit and spacer are uniform random residues "
+                        "(the rest: a natural segment copied inside natural sequence)")
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--cap2", type=int, default=None,
                    help="v3: maximum crop (residues) in phase 2 (default: the --cap-start/--cap-end schedule)")
@@ -301,6 +312,26 @@ class Maker(ExampleMaker):
         if self.wide_mutate_p and self.rng.random() < self.wide_mutate_p:
             x2 = self.mutate(x, self.rng.uniform(self.wide_id_lo, self.wide_id_hi))
         return lf + x + sp + x2 + rf
+
+    def diverged(self, cap):
+        """v5 (target T3): a unit of div_len_lo..div_len_hi residues and a copy of it at div_id_lo..hi
+        identity, div_off_lo..div_off_hi residues apart, with flanks. v4's mixture held diverged copies
+        only with spacers shorter than the unit (wide) or inside crops whose offsets were mostly short,
+        so a 50-residue copy at 70% identity hundreds of residues away was almost never seen. With
+        div_random_p the unit and spacer are uniform random residues (only the look-up lowers the loss);
+        otherwise a natural segment is copied inside natural sequence, as in the evaluation."""
+        L = int(self.rng.integers(self.div_len_lo, self.div_len_hi + 1))
+        gap = int(self.rng.integers(self.div_off_lo, self.div_off_hi + 1))
+        gap = max(0, min(gap, cap - 2 * L))
+        synthetic = self.rng.random() < self.div_random_p
+        fill = self.rand_res if synthetic else self.window
+        x = fill(L)
+        x2 = self.mutate(x, self.rng.uniform(self.div_id_lo, self.div_id_hi))
+        rest = max(0, cap - 2 * L - gap)
+        lf = int(self.rng.integers(0, min(rest, 60) + 1))
+        rf = int(self.rng.integers(0, min(rest - lf, 60) + 1))
+        a, b = (x, x2) if self.rng.random() < 0.5 else (x2, x)  # the mutated copy comes first or second
+        return fill(lf) + a + fill(gap) + b + fill(rf)
 
     def stutter(self, cap):
         n = int(self.rng.integers(10, max(10, min(self.wide_max, cap // 2)) + 1))
@@ -441,8 +472,12 @@ def main():
     maker.wide_mutate_p, maker.wide_id_lo, maker.wide_id_hi = args.wide_mutate_p, args.wide_id_lo, args.wide_id_hi
     maker.insert_exact_p, maker.insert_id_lo, maker.insert_id_hi = args.insert_exact_p, args.insert_id_lo, args.insert_id_hi
     maker.insert_offset_min = args.insert_offset_min
-    probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter]
-    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter]
+    maker.div_len_lo, maker.div_len_hi, maker.div_id_lo, maker.div_id_hi = \
+        args.div_len_lo, args.div_len_hi, args.div_id_lo, args.div_id_hi
+    maker.div_off_lo, maker.div_off_hi, maker.div_random_p = args.div_off_lo, args.div_off_hi, args.div_random_p
+    probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter,
+             args.p_diverged]
+    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter, 0]
     assert sum(probs) <= 1.0
 
     step, pool = 0, []
