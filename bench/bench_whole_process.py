@@ -8,12 +8,15 @@ then runs, in turn, for ``--rounds`` rounds:
 - naive: fair-esm's stock ``model(tokens)["logits"]``, batch 1, one masked copy per residue plus one
   unmasked forward per protein, all cores as torch threads (``bench_scoring.naive_scores``);
 - in-process: ``plmscreen screen FASTA --in-process`` (repeat detection, scoring, Parquet, catalog);
-- default: ``plmscreen screen FASTA`` with its defaults (cluster plan printed by the CLI).
+- default: ``plmscreen screen FASTA`` with its defaults (the flow, or this process for a screen too
+  small to repay the flow's fixed cost; the path it took is recorded);
+- flow: ``plmscreen screen FASTA --flow``, the Prefect flow on a local Dask cluster whatever the size
+  (cluster plan printed by the CLI).
 It records each process's wall time, the screen's own reported seconds (run set-up to summary,
-without process start-up), and for the default path the CPU seconds of the orchestration
-processes (the CLI/flow process, which also hosts the Dask scheduler and nannies, and the temporary
-Prefect server) against the workers'. Ratios come from the same run. It checks that in-process and
-default wrote the same pppl for every protein.
+without process start-up), and for the flow the CPU seconds of the orchestration processes (the
+CLI/flow process, which also hosts the Dask scheduler and nannies, and the temporary Prefect server)
+against the workers'. Ratios come from the same run. It checks that in-process and the flow wrote
+the same pppl for every protein.
 
     python bench/bench_whole_process.py --fasta ecoli.fasta --sizes 6 60 600
     python bench/bench_whole_process.py --fasta ecoli.fasta --sizes 6 --baseline-src /path/to/old/checkout
@@ -142,6 +145,8 @@ def timed(cmd: list[str], env: dict, sample_cpu: bool = True, cwd: Path | None =
     loop = re.search(r"NAIVE_LOOP_S ([\d.]+)", output)
     if loop:
         result["loop_s"] = float(loop.group(1))
+    result["path"] = "in-process (small screen)" if "Small screen (about" in output else \
+        "flow" if "Cluster:" in output else "in-process"
     plan = re.search(r"Cluster: (.*)", output)
     if plan:
         result["cluster"] = plan.group(1).strip()
@@ -203,6 +208,7 @@ def run_size(args, size: int, work: Path) -> dict:
         "naive": lambda r: extrapolated(timed([python, __file__, "--naive-worker", str(checkpoint), str(naive_fasta)], env), every),
         "in_process": lambda r: timed([*screen, "--out", str(work / f"inproc-{size}"), "--in-process"], env),
         "default": lambda r: timed([*screen, "--out", str(work / f"default-{size}")], env),
+        "flow": lambda r: timed([*screen, "--out", str(work / f"flow-{size}"), "--flow"], env),
     }
     if args.baseline_src:
         base_env = {**env, "PYTHONPATH": f"{args.baseline_src}{os.pathsep}{env.get('PYTHONPATH', '')}"}
@@ -220,15 +226,18 @@ def run_size(args, size: int, work: Path) -> dict:
            "min_len": spec["min_len"], "max_len": spec["max_len"], "n_residues": sum(len(s) for _, s in proteins),
            "best": best, "rounds": rounds}
     d = best["default"]
-    cpu = d.get("cpu_s", {})
+    out["default_path"] = d.get("path", "")
+    f = best.get("flow", d)  # the Prefect flow on a local Dask cluster (forced with --flow)
+    cpu = f.get("cpu_s", {})
     orchestration = cpu.get("flow", 0.0) + cpu.get("prefect_server", 0.0)
     out["orchestration_cpu_s"] = orchestration
-    out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (d["wall_s"] * machine()["cores"])
+    out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (f["wall_s"] * machine()["cores"])
     if "default_baseline" in best:
         out["default_baseline_wall_vs_default"] = best["default_baseline"]["wall_s"] / d["wall_s"]
     if "in_process" not in best:  # --skip in_process: a start-up or before/after run
         return out
-    inproc, default = pppl_by_id(work / f"inproc-{size}"), pppl_by_id(work / f"default-{size}")
+    inproc = pppl_by_id(work / f"inproc-{size}")
+    default = pppl_by_id(work / (f"flow-{size}" if "flow" in best else f"default-{size}"))
     # Thread counts differ (in-process: all cores in one process; default: per-worker threads), so
     # float32 sums differ in order: ~1e-6 relative in pppl. 1e-4 is the project's exactness bound.
     max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
@@ -239,6 +248,11 @@ def run_size(args, size: int, work: Path) -> dict:
         out["in_process_speedup_vs_naive"] = best["naive"]["wall_s"] / best["in_process"]["wall_s"]
     out["default_wall_vs_in_process"] = d["wall_s"] / best["in_process"]["wall_s"]
     out["default_screen_vs_in_process_screen"] = d["screen_s"] / best["in_process"]["screen_s"]
+    if "flow" in best:
+        out["flow_wall_vs_in_process"] = f["wall_s"] / best["in_process"]["wall_s"]
+        out["flow_screen_vs_in_process_screen"] = f["screen_s"] / best["in_process"]["screen_s"]
+        if "naive" in best:
+            out["flow_speedup_vs_naive"] = best["naive"]["wall_s"] / f["wall_s"]
     return out
 
 
@@ -249,29 +263,34 @@ def markdown(record: dict) -> str:
              f"Date: {record['date']}  ", f"Command: `{record['command']}`  ",
              f"Proteins: the first N of each length range in `{Path(record['fasta']).name}`; random-weight ESM-2 checkpoints "
              "(fair-esm's init) written by the script.", "",
-             "| proteins | arch | lengths | residues | naive s | in-process s | default s | default vs naive | default / in-process (wall) | screen s: in-process, default | orchestration CPU % of machine | cluster plan | same pppl (max rel. diff) |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
+             "| proteins | arch | lengths | residues | naive s | in-process s | default s (path it took) | `--flow` s | default vs naive | default / in-process (wall) | flow / in-process (wall) | screen s: in-process, flow | flow's orchestration CPU % of machine | flow's cluster plan | same pppl in-process vs flow (max rel. diff) |",
+             "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|"]
     for r in (r for r in record["results"] if "in_process" in r["best"]):
         b = r["best"]
+        f = b.get("flow", b["default"])
         naive = b.get("naive", {}).get("wall_s")
         naive_text = (f"{naive:.1f}" + (f" (extrapolated from every {r['naive_every']}th protein)" if r.get("naive_every", 1) > 1 else "")) if naive else "-"
         speedup = f"{r['default_speedup_vs_naive']:.2f}x" if "default_speedup_vs_naive" in r else "-"
+        flow_ratio = f"{r['flow_wall_vs_in_process']:.2f}" if "flow_wall_vs_in_process" in r else "-"
+        flow_s = f"{b['flow']['wall_s']:.1f}" if "flow" in b else "-"
         lines.append(
             f"| {r['size']} | {r['arch']} | {r['min_len']}-{r['max_len']} | {r['n_residues']} | {naive_text} | "
-            f"{b['in_process']['wall_s']:.1f} | {b['default']['wall_s']:.1f} | {speedup} | {r['default_wall_vs_in_process']:.2f} | "
-            f"{b['in_process']['screen_s']:.1f}, {b['default']['screen_s']:.1f} | "
-            f"{r['orchestration_cpu_pct_of_machine']:.1f} | {b['default'].get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
+            f"{b['in_process']['wall_s']:.1f} | {b['default']['wall_s']:.1f} ({b['default'].get('path', '')}) | {flow_s} | "
+            f"{speedup} | {r['default_wall_vs_in_process']:.2f} | {flow_ratio} | "
+            f"{b['in_process']['screen_s']:.1f}, {f['screen_s']:.1f} | "
+            f"{r['orchestration_cpu_pct_of_machine']:.1f} | {f.get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
     lines += ["", "CPU seconds of each whole process tree (user + system; robust to other load on a shared machine, unlike wall time):", "",
-              "| proteins | naive CPU s | in-process CPU s | default CPU s (flow+scheduler, server, worker forkserver, workers) | default / in-process CPU | 1-min load average during the runs |",
+              "| proteins | naive CPU s | in-process CPU s | flow CPU s (flow+scheduler, server, worker forkserver, workers) | flow / in-process CPU | 1-min load average during the runs |",
               "|---:|---:|---:|---|---:|---|"]
     for r in (r for r in record["results"] if "in_process" in r["best"]):
         b = r["best"]
-        d = b["default"]["cpu_s"]
+        f = b.get("flow", b["default"])
+        d = f["cpu_s"]
         naive_cpu = f"{b['naive']['cpu_total_s']:.1f}" if "naive" in b else "-"
         loads = ", ".join(f"{name} {b[name]['loadavg_1min_before_after'][0]:.1f}-{b[name]['loadavg_1min_before_after'][1]:.1f}" for name in b)
-        lines.append(f"| {r['size']} | {naive_cpu} | {b['in_process']['cpu_total_s']:.1f} | {b['default']['cpu_total_s']:.1f} "
+        lines.append(f"| {r['size']} | {naive_cpu} | {b['in_process']['cpu_total_s']:.1f} | {f['cpu_total_s']:.1f} "
                      f"({d.get('flow', 0):.1f}, {d.get('prefect_server', 0):.1f}, {d.get('worker_forkserver', 0):.1f}, {d.get('workers', 0):.1f}) | "
-                     f"{b['default']['cpu_total_s'] / b['in_process']['cpu_total_s']:.2f} | {loads} |")
+                     f"{f['cpu_total_s'] / b['in_process']['cpu_total_s']:.2f} | {loads} |")
     if any("default_baseline" in r["best"] for r in record["results"]):
         lines += ["", "Before/after (default path of `--baseline-src`, same run):", "",
                   "| proteins | baseline default s | default s | baseline / default |", "|---:|---:|---:|---:|"]
@@ -282,7 +301,8 @@ def markdown(record: dict) -> str:
     lines += ["", "Wall times are whole processes (start to exit), best of the rounds. *screen s* is what the screen "
               "itself reports (run set-up to summary, without interpreter start-up, cluster and server start and stop). "
               "Orchestration CPU = CPU seconds of the CLI/flow process (which also hosts the Dask scheduler and nannies) "
-              "and the temporary Prefect server, over cores × wall of the default run."]
+              "and the temporary Prefect server, over cores × wall of the `--flow` run. The default path runs in one process "
+              "when the screen is too small for the flow's fixed cost (plmscreen.flows.resources.flow_pays_off)."]
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +316,7 @@ def main() -> None:
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA, help="proteins to pick from (default: the E. coli proteome under shared/)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[6, 60, 600], choices=sorted(SIZES))
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "in_process"], help="modes not to run")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "in_process", "flow"], help="modes not to run")
     parser.add_argument("--smoke", action="store_true", help="tiny model and short proteins at every size: checks the script runs")
     parser.add_argument("--baseline-src", type=Path, help="another plmscreen checkout whose default path is timed too")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "whole_process")

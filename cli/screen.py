@@ -1,5 +1,6 @@
 """``plmscreen screen``: build the ScreenSettings once, prepare the run, then score it through the
-Prefect flow on a Dask cluster (or in this process with ``--in-process``)."""
+Prefect flow on a Dask cluster (or in this process with ``--in-process``, and by default for a
+small local screen with no Prefect API configured: ``_small_local_screen``)."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def screen(
     gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: one worker per GPU (default with --device auto/cuda: every visible GPU).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
     catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
-    in_process: Annotated[bool, typer.Option("--in-process", help="Score in this process, without Prefect or Dask.")] = False,
+    in_process: Annotated[Optional[bool], typer.Option("--in-process/--flow", help="--in-process: score in this process (all cores as torch threads), without Prefect or Dask. --flow: run the Prefect flow on a Dask cluster. Default: the flow, except for a local CPU screen with no Prefect API configured whose scoring is too short for the flow's fixed start-up (~25 CPU s) to stay under 5% of it: that one runs in this process, and says so.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (residues and sequences per second).")] = True,
@@ -157,6 +158,8 @@ def screen(
                 "shard_tokens": shard_tokens, "mode": mode, "diagnostics": diagnostics, "reuse": reuse,
                 "calibration": calibration,
             })
+            if in_process is None and not plan_only:
+                in_process = _small_local_screen(input, settings, workers, gpus, scheduler)
             if in_process and not plan_only:
                 return _screen_in_process(input, out, settings, skip_invalid, overwrite, catalog, progress)
             from plmscreen.flows.orchestration import check_cluster_choice
@@ -225,6 +228,69 @@ def screen(
             startup.stop()
 
 
+def _small_local_screen(input: Path, settings: ScreenSettings, workers, gpus, scheduler) -> bool:
+    """Whether a screen given neither --in-process nor --flow runs in this process: a local CPU
+    screen (no --workers, --gpus, --scheduler, no GPU) with no Prefect API configured (nobody can
+    watch a temporary server's UI after the command ends), whose estimated scoring is too short for
+    the flow's fixed cost (``flow_pays_off``). Scores are the same either way, the catalog claims the
+    same shards (a killed screen resumes by rerunning it, under either path); the flow adds Prefect's
+    record of the run and task retries, which a small screen does not repay."""
+    import os
+
+    if workers or gpus or scheduler or os.environ.get("PREFECT_API_URL") or settings.device.startswith("cuda"):
+        return False
+    lengths = _small_input_lengths(input)
+    if lengths is None:
+        return False
+    from plmscreen.flows.resources import cpu_cores, estimated_scoring_cpu_seconds, flow_pays_off, visible_gpus
+    from plmscreen.screening.model.backends.resolve import plan_checkpoint
+    from plmscreen.screening.run.plan import shard_cost
+
+    try:
+        size_bytes = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download).size_bytes
+    except (PlmscreenError, ValueError, FileNotFoundError):  # the main path reports it with its own message
+        return False
+    costs = [shard_cost(n) for n in lengths]
+    if flow_pays_off(costs, size_bytes) or (settings.device == "auto" and visible_gpus()):
+        return False
+    from plmscreen.flows.orchestration import configured_api_url
+
+    if configured_api_url():  # a Prefect profile names a server: the user watches runs there
+        return False
+    cpu_s = estimated_scoring_cpu_seconds(costs, size_bytes)
+    typer.echo(f"Small screen (about {cpu_s:.0f} CPU s of scoring, no Prefect API configured): scoring in this "
+               f"process on {cpu_cores()} cores, without the Prefect flow's fixed start-up. --flow runs it as a "
+               f"Prefect flow on a local Dask cluster.", err=True)
+    return True
+
+
+def _small_input_lengths(path: Path) -> list[int] | None:
+    """Sequence lengths of a FASTA file of at most SMALL_INPUT_BYTES (decompressed), or None for a
+    larger file or one that cannot be read (the main path reports what is wrong with it). Lengths
+    count every sequence character: an estimate, not the validation prepare_run does."""
+    import gzip
+
+    from plmscreen.flows.resources import SMALL_INPUT_BYTES
+    from plmscreen.screening.input import is_gzipped
+
+    try:
+        if not path.is_file() or (not is_gzipped(path) and path.stat().st_size > SMALL_INPUT_BYTES):
+            return None
+        with (gzip.open(path, "rb") if is_gzipped(path) else open(path, "rb")) as handle:
+            data = handle.read(SMALL_INPUT_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > SMALL_INPUT_BYTES:
+        return None
+    lengths: list[int] = []
+    for line in data.splitlines():
+        if line.startswith(b">"):
+            lengths.append(0)
+        elif lengths:
+            lengths[-1] += len(line.strip())
+    return lengths
+
+
 def _cluster_for(settings: ScreenSettings, checkpoint_bytes: int, workers, gpus, scheduler):
     """The local cluster to start (as a one-item list, filled once the input's costs are known) and
     the shard-size rule prepare_run applies to those costs; an existing scheduler is sized by the
@@ -270,8 +336,16 @@ def _cluster_for(settings: ScreenSettings, checkpoint_bytes: int, workers, gpus,
 
 def _screen_in_process(input: Path, out: Path, settings: ScreenSettings, skip_invalid: bool, overwrite: bool,
                        catalog: str | None, progress: bool) -> None:
+    import os
+
+    import torch
+    from plmscreen.flows.resources import cpu_cores
     from plmscreen.screening.run.lifecycle import run_screen
     from tqdm import tqdm
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        # torch's default counts the host's cores, not those this process may use (taskset, cpusets)
+        torch.set_num_threads(cpu_cores())
 
     bar = None
     done = 0
