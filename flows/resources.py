@@ -41,17 +41,19 @@ MEMORY_FRACTION = 0.8
 
 # When a plain local screen (no Prefect API configured, no --workers/--gpus/--scheduler) runs in
 # the CLI's own process instead of as a flow (``flow_pays_off``). A flow with its temporary Prefect
-# server costs a fixed ~25 CPU s on a 2-core machine whatever the input (Prefect server 7-10 CPU s,
-# flow process with the Dask scheduler and nannies 11-16 CPU s, worker forkserver 4-5 CPU s;
-# bench/results/whole_process.md), about 11-16 s of wall time. Issue 15 bounds orchestration at 5%
-# of the machine's CPU, so the flow is worth starting when the scoring is at least 20x that fixed cost.
+# server costs a fixed ~25 CPU s on a 2-core machine whatever the input (Prefect server 6-10 CPU s,
+# flow process with the Dask scheduler and nannies 11-16 CPU s, worker forkserver 3-5 CPU s) and
+# 11-16 s of wall time. One process instead runs torch's intra-op threads, which on these small
+# models cost more CPU than single-threaded workers: its screen phase took 12% and 17% longer than
+# the flow's on 2 cores (6 proteins of 250 residues, 600 of 30-120; bench/results/whole_process.md,
+# AMD EPYC, 2026-12-01). So the flow pays off once that loss on the scoring exceeds the fixed cost.
 FLOW_FIXED_CPU_SECONDS = 25.0
-MAX_ORCHESTRATION_SHARE = 0.05
+IN_PROCESS_THREAD_LOSS = 0.12
 # CPU seconds of exact fp32 scoring per (cost token x checkpoint byte) on one core of the slower
 # machine measured (AMD EPYC, 2026-12-01): 6 E. coli proteins of 230-270 residues (Σ L·min(L, 1022)
 # = 375,000) with a 31 MB ESM-2 8M checkpoint took 92.3 s x 2 cores in one process. Shorter proteins
-# cost less per token (60 of 80-120 residues: 0.65x this), faster CPUs less (Intel Xeon: 0.58x),
-# so the estimate errs towards starting the flow.
+# cost less per token (60 of 80-120 residues: 0.65x this), faster CPUs less (Intel Xeon: 0.58x; a
+# later AMD EPYC guest: 0.75x), so the estimate errs towards starting the flow.
 CPU_SECONDS_PER_TOKEN_BYTE = 1.6e-11
 # Inputs above this many (decompressed) bytes always run as a flow without reading their lengths
 # first: at the rate above even a 100 kB checkpoint scores 4 MB of 100-residue proteins for
@@ -106,8 +108,8 @@ def estimated_scoring_cpu_seconds(costs: Sequence[int], checkpoint_bytes: int) -
 
 
 def flow_pays_off(costs: Sequence[int], checkpoint_bytes: int) -> bool:
-    """Whether a local flow's fixed cost stays within MAX_ORCHESTRATION_SHARE of the screen's CPU."""
-    return FLOW_FIXED_CPU_SECONDS <= MAX_ORCHESTRATION_SHARE * estimated_scoring_cpu_seconds(costs, checkpoint_bytes)
+    """Whether a local flow's fixed cost is smaller than what one process would lose to its threads."""
+    return FLOW_FIXED_CPU_SECONDS <= IN_PROCESS_THREAD_LOSS * estimated_scoring_cpu_seconds(costs, checkpoint_bytes)
 
 
 def list_schedule_makespan(shard_costs: Sequence[int], slots: int) -> int:

@@ -181,6 +181,11 @@ def parse_args():
     p.add_argument("--div-len-hi", type=int, default=100)
     p.add_argument("--div-id-lo", type=float, default=0.55)
     p.add_argument("--div-id-hi", type=float, default=0.9)
+    p.add_argument("--div-id-start", type=float, default=None,
+                   help="identity curriculum: diverged copies start at identity div_id_start..1 and the range "
+                        "moves linearly to div_id_lo..div_id_hi over --div-id-steps steps (as the offset "
+                        "curriculum let v3 learn long offsets that it could not learn all at once)")
+    p.add_argument("--div-id-steps", type=int, default=2000)
     p.add_argument("--div-off-lo", type=int, default=60, help="fewest residues between the two copies")
     p.add_argument("--div-off-hi", type=int, default=450, help="most residues between the two copies")
     p.add_argument("--div-random-p", type=float, default=0.5,
@@ -537,6 +542,10 @@ def main():
             cap = args.cap2
         maker.copy_len = int(args.copy_len_start * (args.copy_len_end / args.copy_len_start)
                              ** min(1.0, step / args.copy_len_steps))
+        if args.div_id_start is not None:
+            t = min(1.0, step / max(1, args.div_id_steps))
+            maker.div_id_lo = args.div_id_start + (args.div_id_lo - args.div_id_start) * t
+            maker.div_id_hi = 1.0 + (args.div_id_hi - 1.0) * t
         phase1 = step < args.phase1_steps
         if not pool:
             pool = make_pool(maker, cap, probs1 if phase1 else probs, args.max_tokens, rng)
@@ -568,7 +577,8 @@ def main():
                           for k in range(len(KINDS)))
             print(f"step {step} active {active_s / 60:6.1f} min wall {wall_s / 60:6.1f} min cap {cap} "
                   f"copy_len {maker.copy_len} "
-                  f"lr {lr:.2e} loss {ls}", flush=True)
+                  + (f"div_id {maker.div_id_lo:.2f}-{maker.div_id_hi:.2f} " if args.div_id_start is not None else "")
+                  + f"lr {lr:.2e} loss {ls}", flush=True)
             acc_loss[:] = 0
             acc_n[:] = 0
         if step % args.probe_every == 0:
