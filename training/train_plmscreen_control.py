@@ -186,6 +186,12 @@ def parse_args():
                         "moves linearly to div_id_lo..div_id_hi over --div-id-steps steps (as the offset "
                         "curriculum let v3 learn long offsets that it could not learn all at once)")
     p.add_argument("--div-id-steps", type=int, default=2000)
+    p.add_argument("--div-off-start", type=int, default=None,
+                   help="spacer curriculum: the most residues between diverged copies grows geometrically from "
+                        "this to --div-off-hi (and the fewest linearly from 0 to --div-off-lo) over --div-off-steps. "
+                        "v4 looks a copy up only across spacers of up to ~50 residues, at any identity "
+                        "(training/results/copy_lookup_v4.md)")
+    p.add_argument("--div-off-steps", type=int, default=2500)
     p.add_argument("--div-off-lo", type=int, default=60, help="fewest residues between the two copies")
     p.add_argument("--div-off-hi", type=int, default=450, help="most residues between the two copies")
     p.add_argument("--div-random-p", type=float, default=0.5,
@@ -542,6 +548,10 @@ def main():
             cap = args.cap2
         maker.copy_len = int(args.copy_len_start * (args.copy_len_end / args.copy_len_start)
                              ** min(1.0, step / args.copy_len_steps))
+        if args.div_off_start is not None:
+            t = min(1.0, step / max(1, args.div_off_steps))
+            maker.div_off_hi = int(round(args.div_off_start * (args.div_off_hi / args.div_off_start) ** t))
+            maker.div_off_lo = min(maker.div_off_hi, int(round(args.div_off_lo * t)))
         if args.div_id_start is not None:
             t = min(1.0, step / max(1, args.div_id_steps))
             maker.div_id_lo = args.div_id_start + (args.div_id_lo - args.div_id_start) * t
@@ -578,6 +588,7 @@ def main():
             print(f"step {step} active {active_s / 60:6.1f} min wall {wall_s / 60:6.1f} min cap {cap} "
                   f"copy_len {maker.copy_len} "
                   + (f"div_id {maker.div_id_lo:.2f}-{maker.div_id_hi:.2f} " if args.div_id_start is not None else "")
+                  + (f"div_off {maker.div_off_lo}-{maker.div_off_hi} " if args.div_off_start is not None else "")
                   + f"lr {lr:.2e} loss {ls}", flush=True)
             acc_loss[:] = 0
             acc_n[:] = 0
