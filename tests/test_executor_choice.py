@@ -116,3 +116,30 @@ def test_a_plain_small_screen_scores_in_process_and_equals_the_flow(tmp_path, ti
     assert [r[0] for r in a] == [r[0] for r in f] and len(a) == 6
     for (_, x), (_, y) in zip(a, f):
         assert x == pytest.approx(y, rel=1e-5)  # batch composition differs between shardings
+
+
+def _configured_api_url_in(cwd, env) -> tuple[str, bool]:
+    """configured_api_url() in a fresh interpreter: its answer, and whether Prefect got imported."""
+    code = ("import sys; from plmscreen.flows.orchestration import configured_api_url; "
+            "print(configured_api_url()); print('prefect' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer, imported = done.stdout.split()
+    return answer, imported == "True"
+
+
+def test_configured_api_url_skips_prefect_only_when_no_settings_file_could_name_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    work = tmp_path / "work"
+    work.mkdir()
+    assert _configured_api_url_in(work, env) == ("None", False)  # nothing to read: Prefect not imported
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "profiles.toml").write_text(
+        'active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://prefect.example:4200/api"\n')
+    assert _configured_api_url_in(work, env) == ("http://prefect.example:4200/api", True)
+    (tmp_path / "home" / "profiles.toml").unlink()
+    (work / "prefect.toml").write_text('[api]\nurl = "http://toml.example:4200/api"\n')
+    assert _configured_api_url_in(work, env) == ("http://toml.example:4200/api", True)
+    (work / "prefect.toml").unlink()
+    assert _configured_api_url_in(work, {**env, "PREFECT_API_URL": "http://env.example/api"})[0] == "http://env.example/api"
