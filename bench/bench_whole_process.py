@@ -231,17 +231,18 @@ def run_size(args, size: int, work: Path) -> dict:
            "best": best, "rounds": rounds}
     d = best["default"]
     out["default_path"] = d.get("path", "")
-    f = best.get("flow", d)  # the Prefect flow on a local Dask cluster (forced with --flow)
-    cpu = f.get("cpu_s", {})
-    orchestration = cpu.get("flow", 0.0) + cpu.get("prefect_server", 0.0)
-    out["orchestration_cpu_s"] = orchestration
-    out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (f["wall_s"] * machine()["cores"])
+    f = flow_run(best)  # the Prefect flow on a local Dask cluster (--flow, or the default when it took the flow)
+    if f is not None:
+        cpu = f.get("cpu_s", {})
+        orchestration = cpu.get("flow", 0.0) + cpu.get("prefect_server", 0.0)
+        out["orchestration_cpu_s"] = orchestration
+        out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (f["wall_s"] * machine()["cores"])
     if "default_baseline" in best:
         out["default_baseline_wall_vs_default"] = best["default_baseline"]["wall_s"] / d["wall_s"]
     if "in_process" not in best:  # --skip in_process: a start-up or before/after run
         return out
     inproc = pppl_by_id(work / f"inproc-{size}")
-    default = pppl_by_id(work / (f"flow-{size}" if "flow" in best else f"default-{size}"))
+    default = pppl_by_id(work / (f"flow-{size}" if "flow" in best else f"default-{size}"))  # flow if run, else default
     # Thread counts differ (in-process: all cores in one process; default: per-worker threads), so
     # float32 sums differ in order: ~1e-6 relative in pppl. 1e-4 is the project's exactness bound.
     max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
@@ -252,12 +253,20 @@ def run_size(args, size: int, work: Path) -> dict:
         out["in_process_speedup_vs_naive"] = best["naive"]["wall_s"] / best["in_process"]["wall_s"]
     out["default_wall_vs_in_process"] = d["wall_s"] / best["in_process"]["wall_s"]
     out["default_screen_vs_in_process_screen"] = d["screen_s"] / best["in_process"]["screen_s"]
-    if "flow" in best:
+    if f is not None:
         out["flow_wall_vs_in_process"] = f["wall_s"] / best["in_process"]["wall_s"]
         out["flow_screen_vs_in_process_screen"] = f["screen_s"] / best["in_process"]["screen_s"]
         if "naive" in best:
             out["flow_speedup_vs_naive"] = best["naive"]["wall_s"] / f["wall_s"]
     return out
+
+
+def flow_run(best: dict) -> dict | None:
+    """The best run that went through the flow: ``--flow``, else the default if it took the flow."""
+    if "flow" in best:
+        return best["flow"]
+    default = best.get("default", {})
+    return default if default.get("path") == "flow" else None
 
 
 def markdown(record: dict) -> str:
@@ -267,28 +276,32 @@ def markdown(record: dict) -> str:
              f"Date: {record['date']}  ", f"Command: `{record['command']}`  ",
              f"Proteins: the first N of each length range in `{Path(record['fasta']).name}`; random-weight ESM-2 checkpoints "
              "(fair-esm's init) written by the script.", "",
-             "| proteins | arch | lengths | residues | naive s | in-process s | default s (path it took) | `--flow` s | default vs naive | default / in-process (wall) | flow / in-process (wall) | screen s: in-process, flow | flow's orchestration CPU % of machine | flow's cluster plan | same pppl in-process vs flow (max rel. diff) |",
+             "| proteins | arch | lengths | residues | naive s | in-process s | default s (path it took) | flow s (`--flow`, or the default when it took the flow) | default vs naive | default / in-process (wall) | flow / in-process (wall) | screen s: in-process, flow | flow's orchestration CPU % of machine | flow's cluster plan | same pppl in-process vs flow, else default (max rel. diff) |",
              "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|"]
     for r in (r for r in record["results"] if "in_process" in r["best"]):
         b = r["best"]
-        f = b.get("flow", b["default"])
+        f = flow_run(b)
         naive = b.get("naive", {}).get("wall_s")
         naive_text = (f"{naive:.1f}" + (f" (extrapolated from every {r['naive_every']}th protein)" if r.get("naive_every", 1) > 1 else "")) if naive else "-"
         speedup = f"{r['default_speedup_vs_naive']:.2f}x" if "default_speedup_vs_naive" in r else "-"
         flow_ratio = f"{r['flow_wall_vs_in_process']:.2f}" if "flow_wall_vs_in_process" in r else "-"
-        flow_s = f"{b['flow']['wall_s']:.1f}" if "flow" in b else "-"
+        flow_s = f"{f['wall_s']:.1f}" if f is not None else "-"
+        flow_screen = f"{f['screen_s']:.1f}" if f is not None else "-"
+        orchestration = f"{r['orchestration_cpu_pct_of_machine']:.1f}" if "orchestration_cpu_pct_of_machine" in r else "-"
         lines.append(
             f"| {r['size']} | {r['arch']} | {r['min_len']}-{r['max_len']} | {r['n_residues']} | {naive_text} | "
             f"{b['in_process']['wall_s']:.1f} | {b['default']['wall_s']:.1f} ({b['default'].get('path', '')}) | {flow_s} | "
             f"{speedup} | {r['default_wall_vs_in_process']:.2f} | {flow_ratio} | "
-            f"{b['in_process']['screen_s']:.1f}, {f['screen_s']:.1f} | "
-            f"{r['orchestration_cpu_pct_of_machine']:.1f} | {f.get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
+            f"{b['in_process']['screen_s']:.1f}, {flow_screen} | "
+            f"{orchestration} | {(f or {}).get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
     lines += ["", "CPU seconds of each whole process tree (user + system; robust to other load on a shared machine, unlike wall time):", "",
               "| proteins | naive CPU s | in-process CPU s | flow CPU s (flow+scheduler, server, worker forkserver, workers) | flow / in-process CPU | 1-min load average during the runs |",
               "|---:|---:|---:|---|---:|---|"]
     for r in (r for r in record["results"] if "in_process" in r["best"]):
         b = r["best"]
-        f = b.get("flow", b["default"])
+        f = flow_run(b)
+        if f is None:
+            continue
         d = f["cpu_s"]
         naive_cpu = f"{b['naive']['cpu_total_s']:.1f}" if "naive" in b else "-"
         loads = ", ".join(f"{name} {b[name]['loadavg_1min_before_after'][0]:.1f}-{b[name]['loadavg_1min_before_after'][1]:.1f}" for name in b)

@@ -132,7 +132,7 @@ def screen(
     gpus: Annotated[Optional[int], typer.Option(help="Local GPUs: one worker per GPU (default with --device auto/cuda: every visible GPU).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler (tcp://host:8786).")] = None,
     catalog: Annotated[Optional[str], typer.Option(help="Catalog URL (default: SQLite in the store), e.g. postgresql+psycopg://user@host/db.")] = None,
-    in_process: Annotated[Optional[bool], typer.Option("--in-process/--flow", help="--in-process: score in this process (all cores as torch threads), without Prefect or Dask. --flow: run the Prefect flow on a Dask cluster. Default: the flow, except for a local CPU screen with no Prefect API configured whose scoring is so short that the flow's fixed start-up (~25 CPU s) costs more than one process loses to its threads: that one runs in this process, and says so.")] = None,
+    in_process: Annotated[Optional[bool], typer.Option("--in-process/--flow", help="--in-process: score in this process (all cores as torch threads), without Prefect or Dask. --flow: run the Prefect flow on a Dask cluster. Default: the flow, except for a local CPU screen with no Prefect API configured whose estimated scoring is under 20x the flow's fixed start-up (~25 CPU s): that one runs in this process, and says so.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Write invalid records to OUT/runs/<run>/rejects.tsv and go on.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo a run already in OUT (same input, model and parameters).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (residues and sequences per second).")] = True,

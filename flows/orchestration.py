@@ -166,8 +166,16 @@ def configured_api_url() -> str | None:
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    candidates = [Path(".env"), Path("prefect.toml"), Path("pyproject.toml"), home / "profiles.toml"]
-    if not os.environ.get("PREFECT_PROFILES_PATH") and not any(path.is_file() for path in candidates):
+
+    def mentions(path: Path, text: str) -> bool:  # a project's own .env or pyproject.toml need not be Prefect's
+        try:
+            return path.is_file() and text in path.read_text(errors="replace")
+        except OSError:
+            return True  # unreadable here: let Prefect decide
+    maybe = (os.environ.get("PREFECT_PROFILES_PATH") or Path("prefect.toml").is_file()
+             or (home / "profiles.toml").is_file() or mentions(Path(".env"), "PREFECT_")
+             or mentions(Path("pyproject.toml"), "tool.prefect"))
+    if not maybe:
         return None
     from prefect.settings import PREFECT_API_URL
 

@@ -16,19 +16,17 @@ from plmscreen.flows import resources
 from plmscreen.screening.run.settings import ScreenSettings
 
 
-def test_flow_pays_off_once_one_process_would_lose_more_to_threads_than_the_flow_costs():
+def test_flow_pays_off_when_its_fixed_cost_is_within_5_percent_of_the_scoring():
     # 6 proteins of 250 residues with a 31 MB checkpoint: 375,000 cost tokens, 186 CPU s by the
-    # recorded rate (92.3 s x 2 cores measured); 12% of that is less than the flow's 25 CPU s
+    # recorded rate (92.3 s x 2 cores measured), far below 20 x 25 CPU s
     costs = [250 * 250] * 6
     assert resources.estimated_scoring_cpu_seconds(costs, 31_000_000) == pytest.approx(375_000 * 31e6 * 1.6e-11)
     assert not resources.flow_pays_off(costs, 31_000_000)
-    # the threshold sits at FLOW_FIXED_CPU_SECONDS / IN_PROCESS_THREAD_LOSS = 208 CPU s
-    assert 25.0 / 0.12 == pytest.approx(resources.FLOW_FIXED_CPU_SECONDS / resources.IN_PROCESS_THREAD_LOSS)
-    tokens_at_threshold = 25.0 / 0.12 / (31_000_000 * resources.CPU_SECONDS_PER_TOKEN_BYTE)
-    assert not resources.flow_pays_off([int(tokens_at_threshold * 0.99)], 31_000_000)
-    assert resources.flow_pays_off([int(tokens_at_threshold * 1.01)], 31_000_000)
-    # 60 proteins of 100 residues (600,000 tokens, ~300 CPU s): the flow
-    assert resources.flow_pays_off([100 * 100] * 60, 31_000_000)
+    # the threshold sits at FLOW_FIXED_CPU_SECONDS / MAX_ORCHESTRATION_SHARE = 500 CPU s
+    assert resources.FLOW_FIXED_CPU_SECONDS / resources.MAX_ORCHESTRATION_SHARE == pytest.approx(500.0)
+    tokens_at_500 = 500 / (31_000_000 * resources.CPU_SECONDS_PER_TOKEN_BYTE)
+    assert not resources.flow_pays_off([int(tokens_at_500 * 0.99)], 31_000_000)
+    assert resources.flow_pays_off([int(tokens_at_500 * 1.01)], 31_000_000)
     # 60 proteins of 1,500 residues (windowed at 1,022) with the 650M model's 2.6 GB file: a flow
     assert resources.flow_pays_off([1500 * 1022] * 60, 2_600_000_000)
 
@@ -78,7 +76,7 @@ def test_more_work_than_the_threshold_starts_the_flow(tmp_path, tiny_checkpoint,
     size = os.path.getsize(tiny_checkpoint)
     tokens = sum(n * n for n in lengths)
     # the rate at which these 8 proteins cost exactly the threshold: just above it, the flow
-    rate_at_threshold = resources.FLOW_FIXED_CPU_SECONDS / resources.IN_PROCESS_THREAD_LOSS / (tokens * size)
+    rate_at_threshold = resources.FLOW_FIXED_CPU_SECONDS / resources.MAX_ORCHESTRATION_SHARE / (tokens * size)
     monkeypatch.setattr(resources, "CPU_SECONDS_PER_TOKEN_BYTE", rate_at_threshold * 1.01)
     assert not screen_cli._small_local_screen(fasta, _settings(tiny_checkpoint), None, None, None)
     monkeypatch.setattr(resources, "CPU_SECONDS_PER_TOKEN_BYTE", rate_at_threshold * 0.99)
@@ -134,7 +132,16 @@ def test_configured_api_url_skips_prefect_only_when_no_settings_file_could_name_
     work = tmp_path / "work"
     work.mkdir()
     assert _configured_api_url_in(work, env) == ("None", False)  # nothing to read: Prefect not imported
-    (tmp_path / "home").mkdir()
+    (work / "pyproject.toml").write_text('[project]\nname = "someone-elses"\n')  # not Prefect's
+    (work / ".env").write_text("DEBUG=1\n")
+    assert _configured_api_url_in(work, env) == ("None", False)
+    (work / "pyproject.toml").write_text('[tool.prefect]\napi.url = "http://pyproject.example/api"\n')
+    assert _configured_api_url_in(work, env) == ("http://pyproject.example/api", True)
+    (work / "pyproject.toml").unlink()
+    (work / ".env").write_text("PREFECT_API_URL=http://dotenv.example/api\n")
+    assert _configured_api_url_in(work, env) == ("http://dotenv.example/api", True)
+    (work / ".env").unlink()
+    (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "home" / "profiles.toml").write_text(
         'active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://prefect.example:4200/api"\n')
     assert _configured_api_url_in(work, env) == ("http://prefect.example:4200/api", True)
