@@ -243,11 +243,11 @@ def _small_local_screen(input: Path, settings: ScreenSettings, workers, gpus, sc
     if lengths is None:
         return False
     from plmscreen.flows.resources import cpu_cores, estimated_scoring_cpu_seconds, flow_pays_off, visible_gpus
-    from plmscreen.screening.model.backends.resolve import plan_checkpoint
+    from plmscreen.screening.model.backends.resolve import checkpoint_bytes
     from plmscreen.screening.run.plan import shard_cost
 
-    try:
-        size_bytes = plan_checkpoint(settings.model, settings.weights_dir, settings.hub_download).size_bytes
+    try:  # the size only: hashing a large checkpoint here would hold up the flow's start for nothing
+        size_bytes = checkpoint_bytes(settings.model, settings.weights_dir, settings.hub_download)
     except (PlmscreenError, ValueError, FileNotFoundError):  # the main path reports it with its own message
         return False
     costs = [shard_cost(n) for n in lengths]
@@ -274,9 +274,12 @@ def _small_input_lengths(path: Path) -> list[int] | None:
     from plmscreen.screening.input import is_gzipped
 
     try:
-        if not path.is_file() or (not is_gzipped(path) and path.stat().st_size > SMALL_INPUT_BYTES):
+        if not path.is_file():
             return None
-        with (gzip.open(path, "rb") if is_gzipped(path) else open(path, "rb")) as handle:
+        packed = is_gzipped(path)
+        if not packed and path.stat().st_size > SMALL_INPUT_BYTES:
+            return None
+        with (gzip.open(path, "rb") if packed else open(path, "rb")) as handle:
             data = handle.read(SMALL_INPUT_BYTES + 1)
     except OSError:
         return None

@@ -150,3 +150,11 @@ def test_configured_api_url_skips_prefect_only_when_no_settings_file_could_name_
     assert _configured_api_url_in(work, env) == ("http://toml.example:4200/api", True)
     (work / "prefect.toml").unlink()
     assert _configured_api_url_in(work, {**env, "PREFECT_API_URL": "http://env.example/api"})[0] == "http://env.example/api"
+
+
+def test_checkpoint_bytes_is_the_planned_size_without_hashing(tiny_checkpoint, monkeypatch):
+    from plmscreen.screening.model.backends import resolve
+
+    planned = resolve.plan_checkpoint(str(tiny_checkpoint))
+    monkeypatch.setattr(resolve, "file_sha256", lambda *a, **k: pytest.fail("checkpoint_bytes hashed a file"))
+    assert resolve.checkpoint_bytes(str(tiny_checkpoint)) == planned.size_bytes == os.path.getsize(tiny_checkpoint)

@@ -158,12 +158,10 @@ class PlannedCheckpoint:
                 "normalise": self.normalise}
 
 
-def plan_checkpoint(model: str, weights_dir=None, hub_download: bool = False) -> PlannedCheckpoint:
-    """Resolve ``model`` and hash its weight files without building the model (hub ids are
-    downloaded only with ``hub_download``). Digests are remembered per file version in this
-    process, so the load that follows does not read the files again."""
+def _checkpoint_files(model: str, weights_dir=None, hub_download: bool = False):
+    """``model`` resolved to (family, name, directory, path, weight files, config.json's sha256): no
+    weight file is read (only a Hugging Face directory's small config.json is)."""
     family, name, directory = resolve_model(model, weights_dir, hub_download)
-    normalise = DEFAULT_NORMALISE[family]
     if family == "fair-esm":
         from plmscreen.screening.model.checkpoints import resolve_checkpoint
 
@@ -183,6 +181,20 @@ def plan_checkpoint(model: str, weights_dir=None, hub_download: bool = False) ->
         name = name or directory.resolve().name
         files = weight_files(directory)
         config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    return family, name, directory, path, files, config_sha256
+
+
+def checkpoint_bytes(model: str, weights_dir=None, hub_download: bool = False) -> int:
+    """Size of ``model``'s weight files, without hashing them (a 60 GB checkpoint takes minutes)."""
+    return sum(f.stat().st_size for f in _checkpoint_files(model, weights_dir, hub_download)[4])
+
+
+def plan_checkpoint(model: str, weights_dir=None, hub_download: bool = False) -> PlannedCheckpoint:
+    """Resolve ``model`` and hash its weight files without building the model (hub ids are
+    downloaded only with ``hub_download``). Digests are remembered per file version in this
+    process, so the load that follows does not read the files again."""
+    family, name, directory, path, files, config_sha256 = _checkpoint_files(model, weights_dir, hub_download)
+    normalise = DEFAULT_NORMALISE[family]
     digests = {f.name: file_sha256(f) for f in files}
     return PlannedCheckpoint(
         model=model, family=family, name=name, path=Path(path), sha256=weights_sha256(files),
