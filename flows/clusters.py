@@ -4,9 +4,10 @@ Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536``
 (``distributed.nanny.pre-spawn-environ``). Setting it turns off glibc's adaptive mmap threshold,
 so each of torch's large activation buffers is mmapped and unmapped again on every forward pass:
 measured on the 8M ESM-2 architecture, 15x the page faults and 1.4x (up to 2.3x) the CPU time of
-the same scoring in a plain process. The local clusters here start workers without it, and
-``restore_malloc_thresholds`` undoes it inside workers of clusters plmscreen did not start
-(``--scheduler``, SLURM).
+the same scoring in a plain process. The local clusters here start workers without it; in every
+scoring process, workers of clusters plmscreen did not start included (``--scheduler``, SLURM),
+the Scorer fixes glibc's thresholds itself (``screening/model/memory.py``), which overrides the
+variable.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from plmscreen.flows.resources import ClusterPlan, cpu_cores
 
 MULTIPROCESSING_METHOD = "distributed.worker.multiprocessing-method"
 NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-# glibc's own ceiling for its adaptive mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), and
-# twice that for trimming, as glibc sets it when the threshold adapts.
-GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 
 
 @contextlib.contextmanager
@@ -114,22 +112,6 @@ def pinned_gpu_cluster(n_workers: int, threads_per_worker: int = 1, env: dict | 
     with _without_nanny_malloc_trim():
         return SpecCluster(workers=gpu_worker_specs(n_workers, threads_per_worker, env=env, **worker_options),
                            scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, **kwargs)
-
-
-def restore_malloc_thresholds() -> bool:
-    """Inside a worker started with ``MALLOC_TRIM_THRESHOLD_`` set: put glibc's thresholds where its
-    adaptive rule would have taken them. Returns whether anything was changed."""
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: the variable meant nothing here
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, GLIBC_MMAP_THRESHOLD_MAX)
-                and libc.mallopt(m_trim_threshold, 2 * GLIBC_MMAP_THRESHOLD_MAX))
 
 
 def gpu_task_runner(gpus: int | None = None) -> DaskTaskRunner:

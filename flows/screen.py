@@ -17,7 +17,7 @@ from pathlib import Path
 
 from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
-from plmscreen.flows.clusters import restore_malloc_thresholds, task_runner
+from plmscreen.flows.clusters import task_runner
 from plmscreen.flows.resources import auto_shard_tokens
 from plmscreen.screening.errors import ClusterError, StoreError
 from plmscreen.screening.render.table import flagged_markdown, reuse_line
@@ -57,8 +57,6 @@ def worker_scorer(plan: RunPlan, torch_threads: int | None) -> Scorer:
     # Dask's nanny starts workers with OMP_NUM_THREADS=1; the plan may give a worker more cores.
     if torch_threads and torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
-    if not len(WORKER_MODELS):
-        restore_malloc_thresholds()  # once per worker process, before the model allocates anything
     return WORKER_MODELS.for_plan(plan)
 
 

@@ -25,6 +25,7 @@ import torch
 from plmscreen.screening.input import EXTRA_RESIDUES, STANDARD_ALPHABET
 from plmscreen.screening.model.forward import logprobs_at
 from plmscreen.screening.model.checkpoints import LoadedModel
+from plmscreen.screening.model.memory import keep_activation_memory
 from plmscreen.screening.score.options import CPU_BATCH_TOKENS, ENGINES, PRECISIONS, ScoringOptions  # noqa: F401 - re-exported
 
 MASKED, ABLATED, UNMASKED, PROBE = 0, 1, 2, 3
@@ -170,6 +171,7 @@ class Scorer:
 
     def __init__(self, loaded: LoadedModel, options: ScoringOptions = ScoringOptions()):
         self.loaded = loaded
+        keep_activation_memory()  # glibc would hand each batch's buffers back and fault them in again
         if options.precision == "fp16" and loaded.device.type != "cuda":
             raise ValueError("fp16 autocast needs a CUDA device; on CPU use fp32 (exact) or bf16")
         self.options = options
