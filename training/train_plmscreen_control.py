@@ -162,6 +162,9 @@ def parse_args():
                         "of a content look-up")
     p.add_argument("--p1-stutter", type=float, default=0.0,
                    help="fraction of stutter examples in phase 1 (the rest of phase 1 is the wide copy task)")
+    p.add_argument("--p1-diverged", type=float, default=0.0,
+                   help="fraction of phase-1 examples of the diverged kind (v6: spacers from the start, "
+                        "next to the wide task's adjacent copies that leave the plateau)")
     p.add_argument("--phase1-steps", type=int, default=0,
                    help="v3: the first this many steps train ONLY the wide copy task (masking --mask-prob1)")
     p.add_argument("--wide-mutate-p", type=float, default=0.0,
@@ -456,6 +459,22 @@ def main():
         inp[sel] = alphabet.mask_idx
         dprobe[off] = (inp, sel, t)
 
+    # exact copy across a spacer (v6): the same rows with the second copy exact, so the log separates
+    # the distance (the look-up reaches the partner at all) from the identity (it matches a diverged one)
+    sprobe = {}
+    for off in (128, 256, 400):
+        rows = []
+        for _ in range(6):
+            x = "".join(AA20[i] for i in crng.integers(0, 20, 50))
+            spacer = "".join(AA20[i] for i in crng.integers(0, 20, off - 50))
+            rows.append(x + spacer + x)
+        t = tokenize(alphabet, rows)
+        sel = torch.zeros_like(t, dtype=torch.bool)
+        sel[:, 1:51] = torch.rand(len(rows), 50, generator=cgen) < 0.3
+        inp = t.clone()
+        inp[sel] = alphabet.mask_idx
+        sprobe[off] = (inp, sel, t)
+
     def probe():
         model.eval()
         with torch.no_grad():
@@ -463,6 +482,7 @@ def main():
             l2 = F.cross_entropy(model(dinp)["logits"][dsel], dtok[dsel]).item()
             cl = {L: F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in cprobe.items()}
             cl.update({f"d{L}": F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in dprobe.items()})
+            cl.update({f"s{L}": F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in sprobe.items()})
         model.train()
         return l1, l2, cl
 
@@ -488,7 +508,7 @@ def main():
     maker.div_off_lo, maker.div_off_hi, maker.div_random_p = args.div_off_lo, args.div_off_hi, args.div_random_p
     probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter,
              args.p_diverged]
-    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter, args.p1_stutter, 0]
+    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter - args.p1_diverged, args.p1_stutter, args.p1_diverged]
     assert sum(probs) <= 1.0
 
     step, pool = 0, []
