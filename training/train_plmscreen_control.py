@@ -440,40 +440,34 @@ def main():
         inp[sel] = alphabet.mask_idx
         cprobe[L] = (inp, sel, t)
 
-    # diverged copy probe (v3.1): the same, the second copy at 70% identity (15 of 50 substituted, as
-    # evaluate_plmscreen_mini.py's T3), a random spacer so that the offset is `off`
-    dprobe = {}
-    for off in (128, 256, 400):
-        rows = []
-        for _ in range(6):
-            x = "".join(AA20[i] for i in crng.integers(0, 20, 50))
-            x2 = list(x)
-            for i in crng.choice(50, 15, replace=False):
-                x2[i] = AA20[(AA20.index(x[i]) + int(crng.integers(1, 20))) % 20]
-            spacer = "".join(AA20[i] for i in crng.integers(0, 20, off - 50))
-            rows.append(x + spacer + "".join(x2))
-        t = tokenize(alphabet, rows)
-        sel = torch.zeros_like(t, dtype=torch.bool)
-        sel[:, 1:51] = torch.rand(len(rows), 50, generator=cgen) < 0.3
-        inp = t.clone()
-        inp[sel] = alphabet.mask_idx
-        dprobe[off] = (inp, sel, t)
+    def spacer_probe(label, n_substituted):
+        """Masked rows of a uniform random 50-residue unit (30% of the FIRST copy masked) and its copy
+        with ``n_substituted`` of its residues changed, a random spacer between them so that the second
+        copy starts ``off`` residues after the first; one row set per offset, keyed ``label + off``."""
+        out = {}
+        for off in (128, 256, 400):
+            rows = []
+            for _ in range(6):
+                x = "".join(AA20[i] for i in crng.integers(0, 20, 50))
+                x2 = list(x)
+                if n_substituted:  # (no draw for an exact copy: the rows stay those of the run logs)
+                    for i in crng.choice(50, n_substituted, replace=False):
+                        x2[i] = AA20[(AA20.index(x[i]) + int(crng.integers(1, 20))) % 20]
+                spacer = "".join(AA20[i] for i in crng.integers(0, 20, off - 50))
+                rows.append(x + spacer + "".join(x2))
+            t = tokenize(alphabet, rows)
+            sel = torch.zeros_like(t, dtype=torch.bool)
+            sel[:, 1:51] = torch.rand(len(rows), 50, generator=cgen) < 0.3
+            inp = t.clone()
+            inp[sel] = alphabet.mask_idx
+            out[f"{label}{off}"] = (inp, sel, t)
+        return out
 
-    # exact copy across a spacer (v6): the same rows with the second copy exact, so the log separates
-    # the distance (the look-up reaches the partner at all) from the identity (it matches a diverged one)
-    sprobe = {}
-    for off in (128, 256, 400):
-        rows = []
-        for _ in range(6):
-            x = "".join(AA20[i] for i in crng.integers(0, 20, 50))
-            spacer = "".join(AA20[i] for i in crng.integers(0, 20, off - 50))
-            rows.append(x + spacer + x)
-        t = tokenize(alphabet, rows)
-        sel = torch.zeros_like(t, dtype=torch.bool)
-        sel[:, 1:51] = torch.rand(len(rows), 50, generator=cgen) < 0.3
-        inp = t.clone()
-        inp[sel] = alphabet.mask_idx
-        sprobe[off] = (inp, sel, t)
+    # diverged copy probe (v3.1): the second copy at 70% identity (15 of 50 substituted, as
+    # evaluate_plmscreen_mini.py's T3); then (v6) the same with the second copy exact, so the log
+    # separates the distance (the look-up reaches the partner at all) from the identity (it matches a
+    # diverged one). Built in this order: the rows depend on the order of the draws.
+    spacer_probes = {**spacer_probe("d", 15), **spacer_probe("s", 0)}
 
     def probe():
         model.eval()
@@ -481,8 +475,7 @@ def main():
             l1 = F.cross_entropy(model(vinp)["logits"][vsel], vtok[vsel]).item()
             l2 = F.cross_entropy(model(dinp)["logits"][dsel], dtok[dsel]).item()
             cl = {L: F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in cprobe.items()}
-            cl.update({f"d{L}": F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in dprobe.items()})
-            cl.update({f"s{L}": F.cross_entropy(model(i)["logits"][m], t[m]).item() for L, (i, m, t) in sprobe.items()})
+            cl.update({k: F.cross_entropy(model(i)["logits"][m], t[m]).item() for k, (i, m, t) in spacer_probes.items()})
         model.train()
         return l1, l2, cl
 
