@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,14 +137,27 @@ def candidate_paths(name: str, weights_dir: str | Path | None = None) -> list[Pa
     return places
 
 
+# torch.serialization.safe_globals adds its globals to one process-wide allow-list on entry and
+# removes them on exit, so a thread leaving it takes argparse.Namespace away from another thread
+# still unpickling: threads-only Dask workers loading the model at once then failed with
+# "Weights only load failed" (a shard retried for nothing). Every load of ours holds this lock.
+_SAFE_LOAD_LOCK = threading.Lock()
+
+
+def load_weights_only(path: str | Path, **kwargs):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with fair-esm's Namespace allowed,
+    safe to call from several threads at once."""
+    with _SAFE_LOAD_LOCK, torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Read a fair-esm ESM-2 checkpoint safely and check its layout."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_weights_only(path)
     except Exception as exc:  # torch raises several types for truncated, foreign or unsafe files
         raise ModelLoadError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     _check_layout(data, path)
@@ -204,8 +218,7 @@ def check_checkpoint(path: str | Path) -> None:
     if not path.is_file():
         raise ModelLoadError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = load_weights_only(path, mmap=True)
     except RuntimeError as exc:
         if "mmap" in str(exc) or "zip" in str(exc):
             return

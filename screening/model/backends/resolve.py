@@ -11,11 +11,8 @@ fair-esm); hub ids download only with ``hub_download=True``.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from plmscreen.screening.model.backends.base import Backend, weights_sha256
 from plmscreen.screening.model.backends.carp import CARP_MODELS, is_carp_checkpoint
@@ -26,6 +23,7 @@ from plmscreen.screening.model.checkpoints import (
     CheckpointIdentity,
     ModelLoadError,
     file_sha256,
+    load_weights_only,
 )
 
 FAMILIES = ("fair-esm", "carp", "hf-esm", "hf-esmc")
@@ -36,8 +34,7 @@ DEFAULT_NORMALISE = {"fair-esm": "vocabulary", "hf-esm": "vocabulary", "hf-esmc"
 def _pt_family(path: Path) -> str:
     """fair-esm or CARP, from the file's layout read through a memory map (the weights stay on disk)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = load_weights_only(path, mmap=True)  # thread-safe: a race here would misread CARP as fair-esm
     except Exception:  # old-style or unreadable: fair-esm's loader reports it
         return "fair-esm"
     return "carp" if is_carp_checkpoint(data) else "fair-esm"
