@@ -113,7 +113,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_plmscreen_mini import (AA20, ExampleMaker, aa_composition, bert_mask, patch_sdpa, save_checkpoint,  # noqa: E402
                                   sha256_file, split_proteins, tokenize, train_step, unpatch, verify_checkpoint)
 
-KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "diverged", "plain")
+KINDS = ("easy", "randdbl", "gap", "doubled", "insert", "wide", "stutter", "diverged", "scatter", "plain")
 
 
 def parse_args():
@@ -200,6 +200,15 @@ def parse_args():
     p.add_argument("--div-random-p", type=float, default=0.5,
                    help="fraction of diverged examples whose unit and spacer are uniform random residues "
                         "(the rest: a natural segment copied inside natural sequence)")
+    p.add_argument("--p-scatter", type=float, default=0.0,
+                   help="phase-2 fraction of 'scatter' examples (v7): copies of a short random unit at several random positions")
+    p.add_argument("--p1-scatter", type=float, default=0.0, help="phase-1 fraction of 'scatter' examples")
+    p.add_argument("--scatter-unit-lo", type=int, default=8)
+    p.add_argument("--scatter-unit-hi", type=int, default=30)
+    p.add_argument("--scatter-copies-lo", type=int, default=2)
+    p.add_argument("--scatter-copies-hi", type=int, default=4)
+    p.add_argument("--scatter-len-lo", type=int, default=48,
+                   help="shortest scatter sequence; the longest grows with the copy_len curriculum (2 x copy_len, <= cap)")
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--cap2", type=int, default=None,
                    help="v3: maximum crop (residues) in phase 2 (default: the --cap-start/--cap-end schedule)")
@@ -346,6 +355,24 @@ class Maker(ExampleMaker):
         rf = int(self.rng.integers(0, min(rest - lf, 60) + 1))
         a, b = (x, x2) if self.rng.random() < 0.5 else (x2, x)  # the mutated copy comes first or second
         return fill(lf) + a + fill(gap) + b + fill(rf)
+
+    def scatter(self, cap):
+        """v7 (target T3): k copies (scatter_copies_lo..hi) of one uniform random unit of
+        scatter_unit_lo..hi residues at random, non-overlapping positions of a uniform random
+        sequence whose length is log-uniform in scatter_len_lo..min(cap, 2 x copy_len). Every
+        partner sits at a random offset, so no offset-bound (positional) head lowers the loss, and
+        a masked residue has k - 1 partners to find by content: the look-up T3 needs, with a
+        stronger signal than one diverged copy behind a spacer."""
+        n = self.loguniform_len(self.scatter_len_lo, max(self.scatter_len_lo, min(cap, 2 * self.copy_len)))
+        u = int(self.rng.integers(self.scatter_unit_lo, self.scatter_unit_hi + 1))
+        k = int(self.rng.integers(self.scatter_copies_lo, self.scatter_copies_hi + 1))
+        k = max(2, min(k, n // (2 * u)))
+        u = min(u, n // (2 * k))
+        unit = self.rand_res(u)
+        free = n - k * u
+        cuts = np.sort(self.rng.integers(0, free + 1, k))
+        gaps = np.diff(np.concatenate([[0], cuts, [free]]))
+        return "".join(self.rand_res(int(g)) + (unit if j < k else "") for j, g in enumerate(gaps))
 
     def stutter(self, cap):
         n = int(self.rng.integers(10, max(10, min(self.wide_max, cap // 2)) + 1))
@@ -499,9 +526,13 @@ def main():
     maker.div_len_lo, maker.div_len_hi, maker.div_id_lo, maker.div_id_hi = \
         args.div_len_lo, args.div_len_hi, args.div_id_lo, args.div_id_hi
     maker.div_off_lo, maker.div_off_hi, maker.div_random_p = args.div_off_lo, args.div_off_hi, args.div_random_p
+    maker.scatter_unit_lo, maker.scatter_unit_hi = args.scatter_unit_lo, args.scatter_unit_hi
+    maker.scatter_copies_lo, maker.scatter_copies_hi = args.scatter_copies_lo, args.scatter_copies_hi
+    maker.scatter_len_lo = args.scatter_len_lo
     probs = [args.p_easy, args.p_randdbl, args.p_gap, args.p_doubled, args.p_insert, args.p_wide, args.p_stutter,
-             args.p_diverged]
-    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter - args.p1_diverged, args.p1_stutter, args.p1_diverged]
+             args.p_diverged, args.p_scatter]
+    probs1 = [0, 0, 0, 0, 0, 1.0 - args.p1_stutter - args.p1_diverged - args.p1_scatter, args.p1_stutter,
+              args.p1_diverged, args.p1_scatter]
     assert sum(probs) <= 1.0
 
     step, pool = 0, []
