@@ -296,6 +296,37 @@ def test_explicit_thresholds_and_other_checkpoints_are_not_calibrated(calibrated
             model=str(tiny_checkpoint), device="cpu", calibration=str(Path(record["installed"]))))
 
 
+def test_the_bundled_control_without_a_record_names_what_its_defaults_rest_on(tmp_path, monkeypatch):
+    """The default thresholds were chosen on plmscreen-mini itself, so its screens say so (with the
+    figures of bench/results/calibration_plmscreen-mini.json), not "uncalibrated"."""
+    from plmscreen.screening.model.checkpoints import BUNDLED_MODELS
+    from plmscreen.screening.run.settings import ScreenSettings
+
+    defaults = calibrations.bundled_defaults()
+    bundled = BUNDLED_MODELS["plmscreen-mini"]
+    assert defaults["checkpoint_sha256"] == Path(f"{bundled}.sha256").read_text().split()[0]
+    bench = json.loads((Path(__file__).resolve().parents[1] / defaults["record"].replace(".md", ".json")).read_text())
+    assert bench["checkpoint_sha256"] == defaults["checkpoint_sha256"]
+    chosen, sizes = bench["chosen"], bench["set_sizes"]
+    assert (chosen["min_inflation_factor"], chosen["min_repeat_fraction"]) == (
+        FlagRule().min_inflation_factor, FlagRule().min_repeat_fraction)
+    free = defaults["repeat_free"]
+    assert free["n"] == bench["n_null"] == sizes["ecoli_shuffled"] + sizes["decoys"]
+    assert free["k"] == round(chosen["ecoli_shuffled"] * sizes["ecoli_shuffled"] + chosen["decoys"] * sizes["decoys"])
+    assert free["upper_95_one_sided"] == pytest.approx(beta.ppf(0.95, free["k"] + 1, free["n"] - free["k"]), abs=1e-4)
+    assert defaults["doubled"]["k"] / defaults["doubled"]["n"] == chosen["doubled"]
+
+    monkeypatch.setenv(calibrations.CALIBRATIONS_ENV, str(tmp_path / "no-records"))
+    store = tmp_path / "store"
+    summary = _screen(tmp_path, store, ScreenSettings(model="plmscreen-mini", device="cpu", mode="triage"))
+    note = calibrations.bundled_defaults_note(defaults)
+    assert note.startswith("default thresholds, chosen for this checkpoint (bundled plmscreen-mini v4): 0/160 ")
+    run_json, catalog_note, page = _run_facts(store, summary)
+    for recorded in (run_json["calibration"], catalog_note, summary.calibration):
+        assert recorded == {"id": None, "source": "bundled defaults", "note": note}
+    assert note in page
+
+
 def test_cli_summary_names_the_calibration_and_explicit_set_skips_it(calibrated, tmp_path):
     from plmscreen.cli.main import app
     from typer.testing import CliRunner
@@ -310,7 +341,8 @@ def test_cli_summary_names_the_calibration_and_explicit_set_skips_it(calibrated,
     result = runner.invoke(app, [*common, "--out", str(tmp_path / "b"), "--set", "flag.min_inflation_factor=1.05"])
     assert result.exit_code == 0, result.output
     assert f"Flag rule: {calibrations.EXPLICIT_NOTE}" not in result.output  # explicit defaults: said plainly
-    assert "Flag rule: uncalibrated model: flag thresholds are the defaults tuned for plmscreen-mini" in result.output
+    # plmscreen-mini at the defaults, its calibration refused: the defaults' own measurement is named
+    assert f"Flag rule: {calibrations.bundled_defaults_note(calibrations.bundled_defaults())}" in result.output
     result = runner.invoke(app, [*common, "--out", str(tmp_path / "c"), "--calibration", record["id"],
                                  "--min-inflation-factor", "1.2"])
     assert result.exit_code == 2 and "exclude each other" in result.output

@@ -36,6 +36,11 @@ RECORD_FORMAT = 1
 RECORD_FILENAME = "calibration.json"
 UNCALIBRATED_NOTE = "uncalibrated model: flag thresholds are the defaults tuned for plmscreen-mini"
 EXPLICIT_NOTE = "flag thresholds set explicitly: no calibration applied"
+# The default thresholds were chosen on the bundled control itself (bench/calibrate_flag.py), so a
+# screen with that checkpoint and no calibration record is not "uncalibrated": the note says which
+# measurement the defaults rest on. The figures ship next to the checkpoint (the package has no
+# bench/); tests/test_calibrate.py checks them against bench/results/calibration_plmscreen-mini.json.
+BUNDLED_DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "models" / "plmscreen-mini.defaults.json"
 _REQUIRED = ("format", "id", "checkpoint_sha256", "created_utc", "flag_rule", "held_out")
 
 
@@ -217,10 +222,29 @@ def held_out_line(record: dict) -> str:
     return f"{part('held-out false-flag rate', held['null'])}, {part('sensitivity', held['carriers'])}"
 
 
-def calibration_note(record: dict | None, where: str | None = None, explicit: bool = False) -> dict:
+def bundled_defaults() -> dict:
+    """What the default thresholds were measured on: the bundled control's checkpoint and figures."""
+    return json.loads(BUNDLED_DEFAULTS_PATH.read_text())
+
+
+def bundled_defaults_note(defaults: dict) -> str:
+    """'default thresholds, chosen for the bundled plmscreen-mini v4: 0/160 repeat-free ... flagged ...'."""
+    free, doubled = defaults["repeat_free"], defaults["doubled"]
+    return (f"default thresholds, chosen for this checkpoint (bundled {defaults['model']}): "
+            f"{free['k']}/{free['n']} repeat-free sequences flagged (one-sided 95% upper bound "
+            f"{free['upper_95_one_sided']:.3g}), doubled proteins {doubled['k']}/{doubled['n']}; {defaults['record']}")
+
+
+def calibration_note(record: dict | None, where: str | None = None, explicit: bool = False,
+                     checkpoint_sha256: str | None = None) -> dict:
     """What a run records about where its flag rule came from; ``note`` is the sentence users read."""
     if record is None:
-        return {"id": None, "note": EXPLICIT_NOTE if explicit else UNCALIBRATED_NOTE}
+        if explicit:
+            return {"id": None, "note": EXPLICIT_NOTE}
+        defaults = bundled_defaults()
+        if checkpoint_sha256 is not None and checkpoint_sha256 == defaults["checkpoint_sha256"]:
+            return {"id": None, "source": "bundled defaults", "note": bundled_defaults_note(defaults)}
+        return {"id": None, "note": UNCALIBRATED_NOTE}
     return {
         "id": record["id"],
         "created_utc": record["created_utc"],
@@ -244,10 +268,10 @@ def apply_calibration(settings, checkpoint_sha256: str, store: str | Path | None
     choice = settings.calibration
     explicit = settings.flag != FlagRule()
     if choice == "none" or (choice == "auto" and explicit):
-        return settings, calibration_note(None, explicit=explicit)
+        return settings, calibration_note(None, explicit=explicit, checkpoint_sha256=checkpoint_sha256)
     record, where = find_calibration(checkpoint_sha256, choice, store, catalog_url)
     if record is None:
-        return settings, calibration_note(None)
+        return settings, calibration_note(None, checkpoint_sha256=checkpoint_sha256)
     applied = dataclasses.replace(settings, flag=flag_rule_of(record),
                                   calibration=record["id"] if choice == "auto" else choice)
     return applied, calibration_note(record, where)
