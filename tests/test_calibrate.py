@@ -299,12 +299,11 @@ def test_explicit_thresholds_and_other_checkpoints_are_not_calibrated(calibrated
 def test_the_bundled_control_without_a_record_names_what_its_defaults_rest_on(tmp_path, monkeypatch):
     """The default thresholds were chosen on plmscreen-mini itself, so its screens say so (with the
     figures of bench/results/calibration_plmscreen-mini.json), not "uncalibrated"."""
-    from plmscreen.screening.model.checkpoints import BUNDLED_MODELS
+    from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, file_sha256
     from plmscreen.screening.run.settings import ScreenSettings
 
     defaults = calibrations.bundled_defaults()
-    bundled = BUNDLED_MODELS["plmscreen-mini"]
-    assert defaults["checkpoint_sha256"] == Path(f"{bundled}.sha256").read_text().split()[0]
+    assert defaults["checkpoint_sha256"] == file_sha256(BUNDLED_MODELS["plmscreen-mini"])
     bench = json.loads((Path(__file__).resolve().parents[1] / defaults["record"].replace(".md", ".json")).read_text())
     assert bench["checkpoint_sha256"] == defaults["checkpoint_sha256"]
     chosen, sizes = bench["chosen"], bench["set_sizes"]
