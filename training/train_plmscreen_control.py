@@ -200,6 +200,10 @@ def parse_args():
     p.add_argument("--div-random-p", type=float, default=0.5,
                    help="fraction of diverged examples whose unit and spacer are uniform random residues "
                         "(the rest: a natural segment copied inside natural sequence)")
+    p.add_argument("--construct-neighbours", action="store_true",
+                   help="build layer 0 head 0 as a neighbour-gathering head (training/neighbor_init.py) before training")
+    p.add_argument("--construct-freeze-steps", type=int, default=0,
+                   help="keep the constructed attention fixed for this many steps")
     p.add_argument("--p-scatter", type=float, default=0.0,
                    help="phase-2 fraction of 'scatter' examples (v7): copies of a short random unit at several random positions")
     p.add_argument("--p1-scatter", type=float, default=0.0, help="phase-1 fraction of 'scatter' examples")
@@ -436,6 +440,12 @@ def main():
         assert not unexpected and all(k.startswith("contact_head") for k in missing), (missing, unexpected)
         h = hashlib.sha256(open(args.init, "rb").read()).hexdigest()
         print(f"warm start from {args.init} (sha256 {h})", flush=True)
+    if args.construct_neighbours and not args.resume:
+        from neighbor_init import construct_neighbour_layer, neighbour_code_check
+        info = construct_neighbour_layer(model, alphabet)
+        print(f"constructed neighbour head (layer 0, head 0): {info}; largest deviation from the exact "
+              f"neighbour mean on a 1,000-residue sequence {neighbour_code_check(model, alphabet, 1000):.3f} "
+              f"of one neighbour's share", flush=True)
     nparam = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("contact_head"))
     print(f"ESM2 {args.layers} layers x {args.embed_dim} x {args.heads} heads, {nparam} params "
           f"(excl. contact head)", flush=True)
@@ -601,6 +611,10 @@ def main():
             maker.div_id_lo = args.div_id_start + (args.div_id_lo - args.div_id_start) * t
             maker.div_id_hi = 1.0 + (args.div_id_hi - 1.0) * t
         phase1 = step < args.phase1_steps
+        if args.construct_neighbours:
+            from neighbor_init import constructed_parameters
+            for prm in constructed_parameters(model):
+                prm.requires_grad_(step >= args.construct_freeze_steps)
         if not pool:
             pool = make_pool(maker, cap, probs1 if phase1 else probs, args.max_tokens, rng)
         batch = pool.pop()
