@@ -67,6 +67,13 @@ v3 additions (issue 11 item 1; a FROM-SCRATCH control whose look-up should be co
   --p-wide 1 --phase1-steps 6000 --mask-prob1 0.25 --lr 2e-3 --cap-start 700 --cap-end 700 (expA;
   + --p1-stutter 0.3 for expC).
 
+Constructed first step (--construct-neighbours, training/neighbor_init.py): layer 0 head 0 starts as
+a head that writes each position's neighbours (offsets -2..+2) into a subspace of the residual
+stream, so that a content look-up only has to learn the match. --construct-freeze-steps keeps it
+fixed that long (AdamW skips parameters without a gradient, weight decay included); unfreezing it at
+lr 2e-3 undid it within 150 steps (run N, training/results/copy_lookup_v4.md), so the runs keep it
+fixed throughout. Twelve runs from random weights (A-M) never learnt the look-up's first step.
+
 Optimisation: AdamW (betas 0.9/0.98, wd 0.01), 15% BERT masking (80/10/10) over real residues,
 batches of <= --max-tokens padded tokens (a pool of 256 examples sorted by length, cut, shuffled),
 grad-norm clip 1.0. LR: linear warm-up over --warmup-steps, constant --lr, then a cosine decay to
