@@ -12,7 +12,7 @@ import torch
 from esm.model.esm2 import ESM2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from neighbor_init import AA20, NEIGHBOUR_CODE, construct_neighbour_layer, offset_kernel  # noqa: E402
+from neighbor_init import AA20, NEIGHBOUR_CODE, NEIGHBOUR_GAIN, construct_neighbour_layer, offset_kernel  # noqa: E402
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -26,7 +26,7 @@ def test_layer_zero_holds_each_positions_neighbours(heads):
     tokens = torch.tensor([[alphabet.cls_idx] + [alphabet.get_idx(a) for a in seq] + [alphabet.eos_idx]])
     with torch.no_grad():
         rep = model(tokens, repr_layers=[1])["representations"][1][0].double().numpy()
-    scale = 2.0 * np.sqrt(128)
+    scale = NEIGHBOUR_GAIN * np.sqrt(128)
     for p in (2, 57, 300, 597):
         expected = np.zeros(20)
         for d in (-2, -1, 1, 2):

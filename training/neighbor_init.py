@@ -27,9 +27,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-AA20 = "ACDEFGHIKLMNPQRSTVWY"
+from train_plmscreen_mini import AA20
+
 TOKEN_CODE = slice(0, 20)
 NEIGHBOUR_CODE = slice(20, 40)
+NEIGHBOUR_GAIN = 2.0  # out_proj's weight on the neighbour code, in units of the token code's scale
+TARGETS = (-2, -1, 1, 2)
 
 
 def offset_kernel(inv_freq: np.ndarray, targets: tuple[int, ...], max_offset: int) -> tuple[np.ndarray, float]:
@@ -48,16 +51,16 @@ def offset_kernel(inv_freq: np.ndarray, targets: tuple[int, ...], max_offset: in
     b_ub = np.ones(others.size)
     a_eq = np.hstack([np.cos(np.outer(np.asarray(targets), theta)), np.zeros((len(targets), 1))])
     b_eq = np.ones(len(targets))
-    bound = 4.0 / n
+    bound = 200.0 / n  # keeps the programme bounded; the optimum lies well inside
     res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq,
-                  bounds=[(-bound * 50, bound * 50)] * n + [(None, 2.0)], method="highs")
+                  bounds=[(-bound, bound)] * n + [(None, 2.0)], method="highs")
     if not res.success:
         raise RuntimeError(f"no offset kernel: {res.message}")
     return res.x[:n], float(res.x[-1])
 
 
 @torch.no_grad()
-def construct_neighbour_layer(model, alphabet, targets: tuple[int, ...] = (-2, -1, 1, 2),
+def construct_neighbour_layer(model, alphabet, targets: tuple[int, ...] = TARGETS,
                               max_offset: int = 1100, gap_nats: float = 20.0) -> dict:
     """Set layer 0 head 0 (and the embeddings) of a fair-esm ESM2 ``model`` as described above."""
     embed = model.embed_tokens.weight
@@ -70,10 +73,11 @@ def construct_neighbour_layer(model, alphabet, targets: tuple[int, ...] = (-2, -
     aa = [alphabet.get_idx(a) for a in AA20]
     code = float(np.sqrt(width))
     # Embeddings: amino acids are their code only; other tokens lose any component in the codes.
-    embed[:, :40] = 0.0
+    embed[:, TOKEN_CODE] = 0.0
+    embed[:, NEIGHBOUR_CODE] = 0.0
     embed[aa] = 0.0
     for k, t in enumerate(aa):
-        embed[t, k] = code
+        embed[t, TOKEN_CODE.start + k] = code
 
     inv_freq = attn.rot_emb.inv_freq.double().numpy()
     alpha, margin = offset_kernel(inv_freq, targets, max_offset)
@@ -94,11 +98,11 @@ def construct_neighbour_layer(model, alphabet, targets: tuple[int, ...] = (-2, -
     attn.v_proj.weight[rows] = 0.0
     attn.v_proj.bias[rows] = 0.0
     for k in range(20):
-        attn.v_proj.weight[k, k] = 1.0 / np.sqrt(width)
+        attn.v_proj.weight[k, TOKEN_CODE.start + k] = 1.0 / np.sqrt(width)
     # out_proj: head 0's value dims 0-19 into the neighbour code; nothing else from head 0.
     attn.out_proj.weight[:, rows] = 0.0
     for k in range(20):
-        attn.out_proj.weight[20 + k, k] = 2.0 * code
+        attn.out_proj.weight[NEIGHBOUR_CODE.start + k, k] = NEIGHBOUR_GAIN * code
     if attn.num_heads == 1:
         attn.out_proj.bias.zero_()
     layer.fc2.weight.zero_()
@@ -114,7 +118,8 @@ def constructed_parameters(model) -> list[torch.nn.Parameter]:
 
 
 @torch.no_grad()
-def neighbour_code_check(model, alphabet, length: int = 600, seed: int = 0) -> float:
+def neighbour_code_check(model, alphabet, length: int = 600, seed: int = 0,
+                         targets: tuple[int, ...] = TARGETS) -> float:
     """Largest deviation of the neighbour code after layer 0 from the exact neighbour mean (in units
     of one neighbour's share) on a random sequence, through fair-esm's own forward."""
     g = np.random.default_rng(seed)
@@ -123,11 +128,11 @@ def neighbour_code_check(model, alphabet, length: int = 600, seed: int = 0) -> f
     rep = model(tokens, repr_layers=[1])["representations"][1][0]
     code = float(np.sqrt(model.embed_tokens.weight.shape[1]))
     worst = 0.0
-    targets = (-2, -1, 1, 2)
-    for p in range(2, length - 2):
+    reach = max(abs(d) for d in targets)
+    for p in range(reach, length - reach):
         expected = np.zeros(20)
         for d in targets:
             expected[AA20.index(seq[p + d])] += 1.0 / len(targets)
-        got = rep[p + 1, NEIGHBOUR_CODE].double().numpy() / (2.0 * code)
+        got = rep[p + 1, NEIGHBOUR_CODE].double().numpy() / (NEIGHBOUR_GAIN * code)
         worst = max(worst, float(np.abs(got - expected).max()) * len(targets))
     return worst

@@ -453,6 +453,11 @@ def main():
         print(f"constructed neighbour head (layer 0, head 0): {info}; largest deviation from the exact "
               f"neighbour mean on a 1,000-residue sequence {neighbour_code_check(model, alphabet, 1000):.3f} "
               f"of one neighbour's share", flush=True)
+    if args.construct_neighbours:
+        from neighbor_init import constructed_parameters
+        constructed = constructed_parameters(model)
+    else:
+        constructed = []
     nparam = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("contact_head"))
     print(f"ESM2 {args.layers} layers x {args.embed_dim} x {args.heads} heads, {nparam} params "
           f"(excl. contact head)", flush=True)
@@ -618,10 +623,8 @@ def main():
             maker.div_id_lo = args.div_id_start + (args.div_id_lo - args.div_id_start) * t
             maker.div_id_hi = 1.0 + (args.div_id_hi - 1.0) * t
         phase1 = step < args.phase1_steps
-        if args.construct_neighbours:
-            from neighbor_init import constructed_parameters
-            for prm in constructed_parameters(model):
-                prm.requires_grad_(step >= args.construct_freeze_steps)
+        for prm in constructed:
+            prm.requires_grad_(step >= args.construct_freeze_steps)
         if not pool:
             pool = make_pool(maker, cap, probs1 if phase1 else probs, args.max_tokens, rng)
         batch = pool.pop()
