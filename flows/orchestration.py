@@ -87,10 +87,13 @@ class TemporaryPrefectServer:
     def __init__(self, port: int | None = None):
         import socket
 
+        # With no port given, bind one now (the kernel picks it) and hand the bound socket to the
+        # server: probing a free port and binding it again later let another process take it first.
+        self.listener = None
         if port is None:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
+            self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.listener.bind(("127.0.0.1", 0))
+            port = self.listener.getsockname()[1]
         self.port = port
         self.process = None
 
@@ -106,10 +109,13 @@ class TemporaryPrefectServer:
         print(f"Starting temporary Prefect server on http://127.0.0.1:{self.port}", file=sys.stderr, flush=True)
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)  # the server is the API, not a client of one
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env)
+        module = [sys.executable, "-m", "plmscreen.flows.prefect_api_process"]
+        if self.listener is None:  # a port given by the caller: the server binds it itself
+            self.process = subprocess.Popen([*module, "--port", str(self.port)], env=env)
+            return
+        fd = self.listener.fileno()
+        self.process = subprocess.Popen([*module, "--fd", str(fd)], env=env, pass_fds=(fd,))
+        self.listener.close()  # the server holds its own copy of the socket now
 
     def wait_ready(self, timeout: float) -> None:
         import time
@@ -138,6 +144,8 @@ class TemporaryPrefectServer:
     def stop(self) -> None:
         import subprocess
 
+        if self.listener is not None:
+            self.listener.close()
         if self.process is None:
             return
         self.process.terminate()

@@ -57,6 +57,31 @@ def test_temporary_server_answers_and_stops(tmp_path, monkeypatch):
         urllib.request.urlopen(f"{server.api_url}/health", timeout=5)
 
 
+def test_the_servers_port_is_held_from_the_start_so_no_other_process_can_take_it(tmp_path, monkeypatch):
+    # CI once lost a screen because a port probed free was taken before uvicorn bound it
+    # ("address already in use"): the port must be held from construction until the server owns it.
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import errno
+    import socket
+
+    server = TemporaryPrefectServer()
+    try:
+        for when in ("before launch", "after launch"):
+            with socket.socket() as rival, pytest.raises(OSError) as taken:
+                rival.bind(("127.0.0.1", server.port))
+            assert taken.value.errno == errno.EADDRINUSE, when
+            if when == "before launch":
+                server.launch()
+        server.wait_ready(180)
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as response:
+            assert response.status == 200
+        # the server subprocess, not this process, holds the socket now
+        assert server.listener.fileno() == -1
+    finally:
+        server.stop()
+
+
 def test_a_server_that_exits_is_reported_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     import socket
