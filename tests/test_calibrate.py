@@ -319,7 +319,7 @@ def test_the_bundled_control_without_a_record_names_what_its_defaults_rest_on(tm
     store = tmp_path / "store"
     summary = _screen(tmp_path, store, ScreenSettings(model="plmscreen-mini", device="cpu", mode="triage"))
     note = calibrations.bundled_defaults_note(defaults)
-    assert note.startswith("default thresholds, chosen for this checkpoint (bundled plmscreen-mini v4): 0/160 ")
+    assert note.startswith("default thresholds, chosen for this checkpoint (bundled plmscreen-mini v5): 0/320 ")
     run_json, catalog_note, page = _run_facts(store, summary)
     for recorded in (run_json["calibration"], catalog_note, summary.calibration):
         assert recorded == {"id": None, "source": "bundled defaults", "note": note}
