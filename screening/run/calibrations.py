@@ -228,7 +228,7 @@ def bundled_defaults() -> dict:
 
 
 def bundled_defaults_note(defaults: dict) -> str:
-    """'default thresholds, chosen for the bundled plmscreen-mini v4: 0/160 repeat-free ... flagged ...'."""
+    """'default thresholds, chosen for this checkpoint (bundled plmscreen-mini v5): 0/320 repeat-free ... flagged ...'."""
     free, doubled = defaults["repeat_free"], defaults["doubled"]
     return (f"default thresholds, chosen for this checkpoint (bundled {defaults['model']}): "
             f"{free['k']}/{free['n']} repeat-free sequences flagged (one-sided 95% upper bound "
