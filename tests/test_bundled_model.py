@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from plmscreen.cli.main import app
 from plmscreen.screening.experiments.settings import DEFAULT_FASTA
+from plmscreen.screening.input import read_fasta
 from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, load_model
 from plmscreen.screening.score.scorer import Scorer
 
@@ -61,6 +62,11 @@ def test_doubled_held_out_proteins_collapse_and_only_partner_masking_restores():
     assert max(null_cost) < 0.1, null_cost
 
 
+def _packaged_held_out_proteins() -> dict[str, str]:
+    """seq_id -> sequence of the 24 E. coli proteins packaged for `plmscreen validate`."""
+    return {r.seq_id: r.sequence for r in read_fasta(DEFAULT_FASTA).records}
+
+
 @pytest.mark.slow
 def test_default_rule_flags_doubled_held_out_proteins(tmp_path):
     """Issue 11's done-when: with the default rule, >= 90% of doubled held-out proteins are flagged.
@@ -68,14 +74,7 @@ def test_default_rule_flags_doubled_held_out_proteins(tmp_path):
     training; each one's first 100 residues are written twice and screened the way a user screens
     (the CLI, default flag rule). v5 and v4 flag 24 of 24 (v3 flagged 15: its factors of 1.03-1.09
     did not pass the partner test); a control that stops copying fails here."""
-    records = {}
-    name = None
-    for line in DEFAULT_FASTA.read_text().splitlines():
-        if line.startswith(">"):
-            name = line[1:].split()[0]
-            records[name] = ""
-        else:
-            records[name] += line.strip()
+    records = _packaged_held_out_proteins()
     assert len(records) == 24
     assert all(int(hashlib.md5(n.split("|")[1].encode()).hexdigest(), 16) % 10 == 0 for n in records)  # held out
     fasta = tmp_path / "doubled.fasta"
@@ -96,13 +95,7 @@ def test_a_70_percent_copy_inserted_far_away_inflates_its_partners():
     100-400 residues after its start raises its partners' log-probability by >= 0.2 nats per
     residue (masked alone vs masked with its partner; both copies). v4 gave 0.008 here (it copied
     only adjacent repeats); v5's held-out evaluation median is 0.52 (16 proteins)."""
-    records = {}
-    for line in DEFAULT_FASTA.read_text().splitlines():
-        if line.startswith(">"):
-            name = line[1:].split()[0]
-            records[name] = ""
-        else:
-            records[name] += line.strip()
+    records = _packaged_held_out_proteins()
     scorer = Scorer(load_model("plmscreen-mini", device="cpu"))
     rng = np.random.default_rng(3)
     alphabet = "ACDEFGHIKLMNPQRSTVWY"
