@@ -53,21 +53,6 @@ from plmscreen.screening.score.scorer import Scorer, ScoringOptions
 from plmscreen.screening.run.tables import score_shard
 
 AMINO = STANDARD_ALPHABET
-
-
-def accession(seq_id: str) -> str:
-    """UniProt accession of a ``sp|P12345|NAME`` header (the training split is keyed by it)."""
-    return seq_id.split("|")[1] if "|" in seq_id else seq_id
-
-
-def is_heldout(acc: str) -> bool:
-    """The control's held-out split, imported from its training script so the two cannot drift."""
-    sys.path.insert(0, str(REPO / "training"))
-    try:
-        from train_plmscreen_mini import is_heldout as heldout
-    finally:
-        sys.path.pop(0)
-    return heldout(acc)
 FACTORS = (1.02, 1.05, 1.10, 1.15, 1.20, 1.30, 1.50)
 FRACTIONS = (0.0, 0.02, 0.05, 0.10, 0.20)
 PVALUES = (1e-4, 1e-3, 1e-2)
@@ -90,8 +75,14 @@ def build_sets(args) -> dict[str, list[tuple[ProteinRecord, dict]]]:
     proteome = [r for r in read_fasta(require(args.fasta, "--fasta", ECOLI_FASTA)).records if 50 <= len(r.sequence) <= args.max_len]
     if args.proteome_split == "heldout":
         # The bundled control trained on ~90% of this proteome; figures reported for it must come
-        # from the proteins it never saw (the same split its training script holds out).
-        proteome = [r for r in proteome if is_heldout(accession(r.seq_id))]
+        # from the proteins it never saw. The split is its training script's own (keyed by the
+        # UniProt accession of sp|P12345|NAME), so the two cannot drift.
+        sys.path.insert(0, str(REPO / "training"))
+        try:
+            from train_plmscreen_mini import is_heldout
+        finally:
+            sys.path.pop(0)
+        proteome = [r for r in proteome if is_heldout(r.seq_id.split("|")[1] if "|" in r.seq_id else r.seq_id)]
     ecoli = rng.sample(proteome, args.n_ecoli)
     sets: dict[str, list] = {"ecoli": [(r, {}) for r in ecoli]}
     sets["ecoli_shuffled"] = [(ProteinRecord(f"shuf|{r.seq_id}", "".join(rng.sample(r.sequence, len(r.sequence)))), {})

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from plmscreen.cli.main import app
 from plmscreen.screening.experiments.settings import DEFAULT_FASTA
-from plmscreen.screening.input import read_fasta
+from plmscreen.screening.input import STANDARD_ALPHABET, read_fasta
 from plmscreen.screening.model.checkpoints import BUNDLED_MODELS, load_model
 from plmscreen.screening.score.scorer import Scorer
 
@@ -63,8 +63,11 @@ def test_doubled_held_out_proteins_collapse_and_only_partner_masking_restores():
 
 
 def _packaged_held_out_proteins() -> dict[str, str]:
-    """seq_id -> sequence of the 24 E. coli proteins packaged for `plmscreen validate`."""
-    return {r.seq_id: r.sequence for r in read_fasta(DEFAULT_FASTA).records}
+    """seq_id -> sequence of the 24 E. coli proteins packaged for `plmscreen validate`, each
+    checked to be held out of the control's training (md5(accession) % 10 == 0)."""
+    records = {r.seq_id: r.sequence for r in read_fasta(DEFAULT_FASTA).records}
+    assert all(int(hashlib.md5(n.split("|")[1].encode()).hexdigest(), 16) % 10 == 0 for n in records)  # held out
+    return records
 
 
 @pytest.mark.slow
@@ -76,7 +79,6 @@ def test_default_rule_flags_doubled_held_out_proteins(tmp_path):
     did not pass the partner test); a control that stops copying fails here."""
     records = _packaged_held_out_proteins()
     assert len(records) == 24
-    assert all(int(hashlib.md5(n.split("|")[1].encode()).hexdigest(), 16) % 10 == 0 for n in records)  # held out
     fasta = tmp_path / "doubled.fasta"
     fasta.write_text("".join(f">doubled_{n.split('|')[1]}\n{s[:100] * 2}\n" for n, s in records.items()))
     out = tmp_path / "store"
@@ -98,16 +100,14 @@ def test_a_70_percent_copy_inserted_far_away_inflates_its_partners():
     records = _packaged_held_out_proteins()
     scorer = Scorer(load_model("plmscreen-mini", device="cpu"))
     rng = np.random.default_rng(3)
-    alphabet = "ACDEFGHIKLMNPQRSTVWY"
     inflations = []
     for name in sorted(records)[:8]:
         x = records[name]
-        assert int(hashlib.md5(name.split("|")[1].encode()).hexdigest(), 16) % 10 == 0  # held out
         offset = int(rng.integers(100, min(400, len(x) - 50) + 1))  # copy start - segment start
         start = int(rng.integers(0, len(x) - offset + 1))
         segment = list(x[start : start + 50])
         for i in rng.choice(50, size=15, replace=False):  # exactly 70% identity
-            segment[i] = rng.choice([a for a in alphabet if a != segment[i]])
+            segment[i] = rng.choice([a for a in STANDARD_ALPHABET if a != segment[i]])
         insert_at = start + offset
         y = x[:insert_at] + "".join(segment) + x[insert_at:]
         first, second = range(start, start + 50), range(insert_at, insert_at + 50)
