@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from plmscreen.screening.model.backends.base import Backend
 from plmscreen.screening.model.backends.hf_common import check_expected, checkpoint_identity, read_config, weight_files
-from plmscreen.screening.model.forward import _PROJECTIONS, RotaryTables, _gather_rows, rotary_attention
+from plmscreen.screening.model.forward import RotaryTables, _gather_rows, rotary_attention
 from plmscreen.screening.model.checkpoints import ESM2_MAX_RESIDUES, CheckpointIdentity, ModelLoadError, resolve_device
 
 _ROTARY = RotaryTables()
@@ -116,10 +116,9 @@ def _layer(layer, x: torch.Tensor, key_mask, query_pos, inv_freq) -> torch.Tenso
     heads, head_dim = sa.num_attention_heads, sa.attention_head_size
     h = attn.LayerNorm(x)
     h_query = h if query_pos is None else _gather_rows(h, query_pos)
-    # Query and key rows reordered for the complex rotary (plmscreen.screening.model.forward).
-    q = F.linear(h_query, *_PROJECTIONS.get(sa.query, heads, head_dim)).view(batch, -1, heads, head_dim)
-    k = F.linear(h, *_PROJECTIONS.get(sa.key, heads, head_dim)).view(batch, length, heads, head_dim)
-    v = sa.value(h).view(batch, length, heads, head_dim)
+    q = sa.query(h_query).view(batch, -1, heads, head_dim).transpose(1, 2)
+    k = sa.key(h).view(batch, length, heads, head_dim).transpose(1, 2)
+    v = sa.value(h).view(batch, length, heads, head_dim).transpose(1, 2)
     out = rotary_attention(q, k, v, _ROTARY.get(inv_freq, length), query_pos, key_mask, head_dim**-0.5)
     out = attn.output.dense(out.transpose(1, 2).reshape(batch, -1, embed))
     residual = x if query_pos is None else _gather_rows(x, query_pos)
