@@ -20,14 +20,14 @@ import datetime as dt
 import importlib.util
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from plmscreen.screening.score.options import CPU_BATCH_TOKENS
 from common import ARCHS, DEFAULT_FASTA, machine_info, pick_proteins, require, ECOLI_FASTA, write_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load_forward(path: Path):
@@ -49,7 +49,7 @@ def masked_batch(loaded, sequence: str, batch_tokens: int) -> tuple[torch.Tensor
     return tokens, query
 
 
-def fastest(forward, model, tokens, query, reps: int) -> float:
+def mean_forward_s(forward, model, tokens, query, reps: int) -> float:
     started = time.perf_counter()
     for _ in range(reps):
         forward(model, tokens, query)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--archs", nargs="+", default=["esm2_t6_8M", "esm2_t12_35M"], choices=sorted(ARCHS))
     parser.add_argument("--min-len", type=int, default=230)
     parser.add_argument("--max-len", type=int, default=270)
-    parser.add_argument("--batch-tokens", type=int, default=4096, help="the Scorer's CPU default")
+    parser.add_argument("--batch-tokens", type=int, default=CPU_BATCH_TOKENS, help="default: the Scorer's CPU budget")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=6)
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = load_forward(args.baseline_forward)
     _, sequence = pick_proteins(require(args.fasta, "--fasta", ECOLI_FASTA), 1, args.min_len, args.max_len)[0]
     results = []
-    work = Path(__import__("tempfile").mkdtemp(prefix="rotary-bench-"))
     for arch in args.archs:
-        loaded = load_model(str(write_checkpoint(*ARCHS[arch], work / f"{arch}.pt")), device="cpu")
+        with tempfile.TemporaryDirectory(prefix="rotary-bench-") as work:
+            loaded = load_model(str(write_checkpoint(*ARCHS[arch], Path(work) / f"{arch}.pt")), device="cpu")
         model = loaded.model
         tokens, query = masked_batch(loaded, sequence, args.batch_tokens)
         with torch.inference_mode():
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f.logprobs_at(model, tokens, query)
             for _ in range(args.rounds):
                 for name, f in (("baseline", baseline), ("current", current)):
-                    times[name].append(fastest(f.logprobs_at, model, tokens, query, args.reps))
+                    times[name].append(mean_forward_s(f.logprobs_at, model, tokens, query, args.reps))
         row = {"arch": arch, "copies": int(tokens.shape[0]), "tokens_per_copy": int(tokens.shape[1]),
                "baseline_s": min(times["baseline"]), "current_s": min(times["current"]),
                "speedup": min(times["baseline"]) / min(times["current"]),
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
         m = record["machine"]
-        lines = ["# One forward of masked copies: complex rotary (current) vs rotate_half (baseline)", "",
+        lines = ["# One forward of masked copies: this tree's logprobs_at (current) vs another checkout's (baseline)", "",
                  f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}  ",
                  f"Date: {record['date']}  ", f"Command: `{record['command']}`  ",
                  f"Batch: one-mask copies of one {len(sequence)}-residue E. coli protein, {args.batch_tokens} tokens at most; "
