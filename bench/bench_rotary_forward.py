@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from plmscreen.screening.model import forward as current
     from plmscreen.screening.model.checkpoints import load_model
+    from plmscreen.screening.model.memory import keep_activation_memory
 
     torch.set_num_threads(args.threads)
+    # The malloc thresholds every Scorer sets: without them, glibc hands activation buffers back to
+    # the kernel between forwards and the page faults, not the forward, decide the timings.
+    keep_activation_memory()
     baseline = load_forward(args.baseline_forward)
     _, sequence = pick_proteins(require(args.fasta, "--fasta", ECOLI_FASTA), 1, args.min_len, args.max_len)[0]
     results = []

@@ -7,6 +7,13 @@ FASTA file, writes a random-weight ESM-2 checkpoint of the size's architecture (
 then runs, in turn, for ``--rounds`` rounds:
 - naive: fair-esm's stock ``model(tokens)["logits"]``, batch 1, one masked copy per residue plus one
   unmasked forward per protein, all cores as torch threads (``bench_scoring.naive_scores``);
+- naive_same_work: the same loop doing the default screen's whole work, one mask set per forward:
+  the naive loop, then for every sequence the flag rule tests (``FlagRule.needs_test``) one
+  co-masked copy per partnered residue (the residue and its partners) and the partner test's
+  ``null_draws`` letter-matched null co-masks per partnered residue, drawn by the library's own
+  ``null_comask`` (so the mask sets are the default screen's). The default screen does more than
+  the naive loop (the partner test behind the flag); this is the naive loop on that work, on every
+  protein (never extrapolated: the partner test's work sits in the few proteins with repeats);
 - in-process: ``plmscreen screen FASTA --in-process`` (repeat detection, scoring, Parquet, catalog);
 - default: ``plmscreen screen FASTA`` with its defaults (the flow, or this process for a screen too
   small to repay the flow's fixed cost; the path it took is recorded);
@@ -77,6 +84,70 @@ def naive_main(checkpoint: str, fasta: str) -> None:
     started = time.perf_counter()
     naive_scores(loaded.model, loaded.alphabet, [s for _, s in read_fasta(Path(fasta))], torch.device("cpu"))
     print(f"NAIVE_LOOP_S {time.perf_counter() - started:.3f}")
+
+
+class NaiveProbes:
+    """``Scorer.probe``'s interface over fair-esm's stock forward, batch 1, one probe per forward:
+    what ``null_comask`` needs to draw and score the partner test's null co-masks naively."""
+
+    def __init__(self, model, alphabet):
+        self.model, self.alphabet = model, alphabet
+        self.converter = alphabet.get_batch_converter()
+        self.forwards = 0
+
+    def token_index(self, aa: str) -> int:
+        return self.alphabet.get_idx(aa)
+
+    def probe(self, sequences, probes):
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for probe in probes:
+                _, _, tokens = self.converter([("p", sequences[probe.seq])])
+                tokens[0, [i + 1 for i in probe.masked]] = self.alphabet.mask_idx
+                logits = self.model(tokens)["logits"][0, [i + 1 for i in probe.read]]
+                out.append(torch.log_softmax(logits.float(), dim=-1).double().numpy())
+                self.forwards += 1
+        return out
+
+
+def naive_same_work_main(checkpoint: str, fasta: str, out_json: str) -> None:
+    """The naive loop on the default screen's whole work (``--naive-same-work-worker``)."""
+    import numpy as np
+    import torch
+
+    from common import naive_scores, read_fasta
+    from plmscreen.flows.resources import cpu_cores
+    from plmscreen.screening.model.checkpoints import load_model
+    from plmscreen.screening.score.diagnostics import null_comask
+    from plmscreen.screening.score.metrics import FlagRule
+    from plmscreen.screening.score.repeats import find_repeats, partner_details
+
+    torch.set_num_threads(cpu_cores())
+    loaded = load_model(checkpoint, device="cpu")
+    records = read_fasta(Path(fasta))
+    rule = FlagRule()
+    started = time.perf_counter()
+    sequences = [s for _, s in records]
+    naive_scores(loaded.model, loaded.alphabet, sequences, torch.device("cpu"))
+    forwards = sum(len(s) + 1 for s in sequences)
+    partners = [[tuple(p - 1 for p, _, _ in d) for d in partner_details(len(s), find_repeats(s))] for s in sequences]
+    tested = [k for k, ps in enumerate(partners) if rule.needs_test(float(np.mean([bool(p) for p in ps])))]
+    probes = NaiveProbes(loaded.model, loaded.alphabet)
+    from plmscreen.screening.score.scorer import Probe
+    # Co-masked copies: residue i with its partners masked, log P(x_i) read (one per residue; the
+    # engine shares a forward between residues whose mask sets coincide).
+    ablated = probes.probe(sequences, [Probe(k, tuple(sorted({i, *mates})), (i,))
+                                       for k in tested for i, mates in enumerate(partners[k]) if mates])
+    nulls = null_comask(probes, [sequences[k] for k in tested], [partners[k] for k in tested], rule.null_draws)
+    loop_s = time.perf_counter() - started
+    Path(out_json).write_text(json.dumps({
+        "forwards": forwards + probes.forwards, "naive_loop_forwards": forwards, "comask_forwards": len(ablated),
+        "null_forwards": probes.forwards - len(ablated),
+        "logp_random_comask": {records[k][0]: [None if np.isnan(v) else float(v) for v in nulls[n][0]]
+                               for n, k in enumerate(tested)}}))
+    print(f"NAIVE_LOOP_S {loop_s:.3f}")
 
 
 class CpuSampler:
@@ -179,6 +250,18 @@ def pppl_by_id(store: Path) -> dict[str, float]:
     return {r["seq_id"]: r["pppl"] for r in rows}
 
 
+def random_comask_by_id(store: Path) -> dict[str, list]:
+    """Per sequence, ``logp_random_comask`` by residue (the partner test's null) from a store."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, list] = {}
+    for f in sorted(store.glob("residues/model=*/run=*/part-*.parquet")):
+        table = pq.read_table(f, columns=["seq_id", "pos", "logp_random_comask"]).to_pylist()
+        for row in sorted(table, key=lambda r: (r["seq_id"], r["pos"])):
+            out.setdefault(row["seq_id"], []).append(row["logp_random_comask"])
+    return out
+
+
 def machine() -> dict:
     import platform
 
@@ -210,6 +293,10 @@ def run_size(args, size: int, work: Path) -> dict:
     screen = [python, "-m", "plmscreen.cli.main", "screen", str(fasta), "--model", str(checkpoint), "--no-progress", "--overwrite"]
     modes = {
         "naive": lambda r: extrapolated(timed([python, __file__, "--naive-worker", str(checkpoint), str(naive_fasta)], env), every),
+        # On every protein, not extrapolated from a sample: the partner test's work is concentrated in
+        # the few proteins with repeats, so a sample's share of it is not the whole set's.
+        "naive_same_work": lambda r: timed([python, __file__, "--naive-same-work-worker", str(checkpoint),
+                                            str(fasta), str(work / f"naive-same-work-{size}.json")], env),
         "in_process": lambda r: timed([*screen, "--out", str(work / f"inproc-{size}"), "--in-process"], env),
         "default": lambda r: timed([*screen, "--out", str(work / f"default-{size}")], env),
         "flow": lambda r: timed([*screen, "--out", str(work / f"flow-{size}"), "--flow"], env),
@@ -248,6 +335,16 @@ def run_size(args, size: int, work: Path) -> dict:
     max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
     out["same_pppl_in_process_vs_default"] = sorted(inproc) == sorted(default) and max_rel < 1e-4
     out["max_rel_pppl_diff_in_process_vs_default"] = max_rel
+    if "naive_same_work" in best:
+        same = json.loads((work / f"naive-same-work-{size}.json").read_text())
+        out["naive_same_work_forwards"] = {k: v for k, v in same.items() if k != "logp_random_comask"}
+        out["default_speedup_vs_naive_same_work"] = best["naive_same_work"]["wall_s"] / d["wall_s"]
+        # The same null co-masks, scored by fair-esm's stock forward and by the screen's engine.
+        stored = random_comask_by_id(work / f"default-{size}")
+        diffs = [abs(a - b) for k, values in same["logp_random_comask"].items() for a, b in zip(values, stored[k])
+                 if a is not None and b is not None]
+        out["naive_same_work_null_max_abs_diff"] = max(diffs) if diffs else None
+        out["naive_same_work_null_residues_compared"] = len(diffs)
     if "naive" in best:
         out["default_speedup_vs_naive"] = best["naive"]["wall_s"] / d["wall_s"]
         out["in_process_speedup_vs_naive"] = best["naive"]["wall_s"] / best["in_process"]["wall_s"]
@@ -294,6 +391,19 @@ def markdown(record: dict) -> str:
             f"{speedup} | {r['default_wall_vs_in_process']:.2f} | {flow_ratio} | "
             f"{b['in_process']['screen_s']:.1f}, {flow_screen} | "
             f"{orchestration} | {(f or {}).get('cluster', '')} | {r['same_pppl_in_process_vs_default']} ({r.get('max_rel_pppl_diff_in_process_vs_default', float('nan')):.1e}) |")
+    same_work = [r for r in record["results"] if "default_speedup_vs_naive_same_work" in r]
+    if same_work:
+        lines += ["", "The naive loop on the default screen's whole work (masked, co-masked and the partner test's null co-masks, "
+                  "one mask set per forward, stock fair-esm, batch 1):", "",
+                  "| proteins | naive forwards (loop + co-masks + nulls) | naive same work s | default s | default vs naive same work | "
+                  "null co-masks: max abs. diff. stock vs engine (residues) |", "|---:|---|---:|---:|---:|---|"]
+        for r in same_work:
+            n, b = r["naive_same_work_forwards"], r["best"]
+            lines.append(f"| {r['size']} | {n['forwards']} ({n['naive_loop_forwards']} + {n['comask_forwards']} + {n['null_forwards']}) | "
+                         f"{b['naive_same_work']['wall_s']:.1f} | {b['default']['wall_s']:.1f} | "
+                         f"{r['default_speedup_vs_naive_same_work']:.2f}x | "
+                         f"{r['naive_same_work_null_max_abs_diff'] if r['naive_same_work_null_max_abs_diff'] is None else format(r['naive_same_work_null_max_abs_diff'], '.1e')} "
+                         f"({r['naive_same_work_null_residues_compared']}) |")
     lines += ["", "CPU seconds of each whole process tree (user + system; robust to other load on a shared machine, unlike wall time):", "",
               "| proteins | naive CPU s | in-process CPU s | flow CPU s (flow+scheduler, server, worker forkserver, workers) | flow / in-process CPU | 1-min load average during the runs |",
               "|---:|---:|---:|---|---:|---|"]
@@ -327,13 +437,16 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-worker":
         naive_main(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--naive-same-work-worker":
+        naive_same_work_main(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
     from common import DEFAULT_FASTA
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA, help="proteins to pick from (default: the E. coli proteome under shared/)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[6, 60, 600], choices=sorted(SIZES))
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "in_process", "flow"], help="modes not to run")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "naive_same_work", "in_process", "flow"], help="modes not to run")
     parser.add_argument("--smoke", action="store_true", help="tiny model and short proteins at every size: checks the script runs")
     parser.add_argument("--baseline-src", type=Path, help="another plmscreen checkout whose default path is timed too")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "whole_process")
