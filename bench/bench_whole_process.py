@@ -326,15 +326,6 @@ def run_size(args, size: int, work: Path) -> dict:
         out["orchestration_cpu_pct_of_machine"] = 100 * orchestration / (f["wall_s"] * machine()["cores"])
     if "default_baseline" in best:
         out["default_baseline_wall_vs_default"] = best["default_baseline"]["wall_s"] / d["wall_s"]
-    if "in_process" not in best:  # --skip in_process: a start-up or before/after run
-        return out
-    inproc = pppl_by_id(work / f"inproc-{size}")
-    default = pppl_by_id(work / (f"flow-{size}" if "flow" in best else f"default-{size}"))  # flow if run, else default
-    # Thread counts differ (in-process: all cores in one process; default: per-worker threads), so
-    # float32 sums differ in order: ~1e-6 relative in pppl. 1e-4 is the project's exactness bound.
-    max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
-    out["same_pppl_in_process_vs_default"] = sorted(inproc) == sorted(default) and max_rel < 1e-4
-    out["max_rel_pppl_diff_in_process_vs_default"] = max_rel
     if "naive_same_work" in best:
         same = json.loads((work / f"naive-same-work-{size}.json").read_text())
         out["naive_same_work_forwards"] = {k: v for k, v in same.items() if k != "logp_random_comask"}
@@ -345,6 +336,15 @@ def run_size(args, size: int, work: Path) -> dict:
                  if a is not None and b is not None]
         out["naive_same_work_null_max_abs_diff"] = max(diffs) if diffs else None
         out["naive_same_work_null_residues_compared"] = len(diffs)
+    if "in_process" not in best:  # --skip in_process: a start-up or before/after run
+        return out
+    inproc = pppl_by_id(work / f"inproc-{size}")
+    default = pppl_by_id(work / (f"flow-{size}" if "flow" in best else f"default-{size}"))  # flow if run, else default
+    # Thread counts differ (in-process: all cores in one process; default: per-worker threads), so
+    # float32 sums differ in order: ~1e-6 relative in pppl. 1e-4 is the project's exactness bound.
+    max_rel = max((abs(inproc[k] / default[k] - 1) for k in inproc if k in default), default=float("inf"))
+    out["same_pppl_in_process_vs_default"] = sorted(inproc) == sorted(default) and max_rel < 1e-4
+    out["max_rel_pppl_diff_in_process_vs_default"] = max_rel
     if "naive" in best:
         out["default_speedup_vs_naive"] = best["naive"]["wall_s"] / d["wall_s"]
         out["in_process_speedup_vs_naive"] = best["naive"]["wall_s"] / best["in_process"]["wall_s"]
